@@ -1,0 +1,162 @@
+"""Records shared by the methods: a unit's arrays, the options, and a solution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchNormParams:
+    """Per-channel BatchNormalization: ``y = gamma (z - mean) / sqrt(var + eps) + beta``."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """``sigma_i = sqrt(var_i + eps)``."""
+        return np.sqrt(self.var.astype(np.float64) + self.eps)
+
+    @property
+    def rho(self) -> np.ndarray:
+        """``rho_i = gamma_i / sigma_i``: the factor BN applies to channel ``i``."""
+        return self.gamma.astype(np.float64) / self.sigma
+
+
+@dataclass(frozen=True)
+class LayerArrays:
+    """The producer of one unit, as arrays.
+
+    ``weight`` holds the raw filters as rows (``N x d``), ``bias`` the raw biases (``N``),
+    ``bn`` the BatchNormalization that follows, if any. The folded filters are
+    ``wt_i = rho_i * w_i`` and ``bt_i = beta_i + rho_i * (b_i - mean_i)`` (LBYL.md section 2);
+    without BN they are the raw ones.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    bn: BatchNormParams | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def folded_weight(self) -> np.ndarray:
+        w = self.weight.astype(np.float64)
+        if self.bn is None:
+            return w
+        return self.bn.rho[:, None] * w
+
+    @property
+    def folded_bias(self) -> np.ndarray:
+        b = self.bias.astype(np.float64)
+        if self.bn is None:
+            return b
+        return self.bn.beta.astype(np.float64) + self.bn.rho * (b - self.bn.mean)
+
+    def input_second_moment(self) -> float:
+        """Data-free estimate of ``E[x_k^2]``, the layer input's mean square per element.
+
+        With BN, channel ``i``'s pre-BN output has variance ``var_i`` while ``|w_i|^2 E[x^2]``
+        is its variance for independent inputs; the median ratio estimates ``E[x^2]``.
+        Without BN nothing is known and the inputs are taken as unit scale (1.0).
+        """
+        if self.bn is None:
+            return 1.0
+        norms = np.sum(self.weight.astype(np.float64) ** 2, axis=1)
+        alive = norms > 1e-12 * max(float(norms.max()), 1e-30)
+        if not np.any(alive):
+            return 1.0
+        ratios = self.bn.var.astype(np.float64)[alive] / norms[alive]
+        value = float(np.median(ratios))
+        return value if np.isfinite(value) and value > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Options of the methods.
+
+    ``bias_weight`` and ``ridge`` are LBYL's ``lam1`` and ``lam2`` expressed relative to the
+    layer itself (see :func:`lbyl_onnx.methods.lbyl.regularisers`). ``nm_threshold`` and
+    ``nm_lambda`` are Neuron Merging's cosine threshold ``t`` and trade-off ``lam``.
+    """
+
+    bias_weight: float = 1.0
+    ridge: float = 0.05
+    nm_threshold: float = 0.1
+    nm_lambda: float = 0.85
+
+
+@dataclass
+class Solution:
+    """What a method found for one unit.
+
+    ``scaling`` is ``S`` (``N x m``): ``r_j ~ sum_t S[j, t] r_kept[t]``. ``residual`` is the
+    data-free reconstruction error of the removed folded filters (filter and bias terms of
+    the LBYL objective, without the ridge) relative to plain removal: 1.0 means no better than
+    removing, 0.0 means the kept channels reproduce the removed ones exactly.
+    """
+
+    scaling: np.ndarray
+    residual: float
+    notes: list[str] = field(default_factory=list)
+
+
+def identity_rows(channels: int, kept: np.ndarray) -> np.ndarray:
+    """``S`` with ``S[kept[t], t] = 1`` and zero rows for the removed channels."""
+    scaling = np.zeros((channels, len(kept)), dtype=np.float64)
+    scaling[kept, np.arange(len(kept))] = 1.0
+    return scaling
+
+
+def removed_channels(channels: int, kept: np.ndarray) -> np.ndarray:
+    """The sorted indices not in ``kept``."""
+    mask = np.ones(channels, dtype=bool)
+    mask[kept] = False
+    return np.flatnonzero(mask)
+
+
+def relative_residual(
+    layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float
+) -> float:
+    """``sum_j (|wt_j - Wt_P^T s_j|^2 + lam1 (bt_j - bt_P^T s_j)^2)`` over removed ``j``,
+    divided by the same sum at ``s_j = 0`` (plain removal). 0.0 when nothing is removed."""
+    removed = removed_channels(layer.channels, kept)
+    if len(removed) == 0:
+        return 0.0
+    wt, bt = layer.folded_weight, layer.folded_bias
+    coeffs = scaling[removed]  # (r, m)
+    dw = wt[removed] - coeffs @ wt[kept]
+    db = bt[removed] - coeffs @ bt[kept]
+    error = float(np.sum(dw**2) + lam1 * np.sum(db**2))
+    baseline = float(np.sum(wt[removed] ** 2) + lam1 * np.sum(bt[removed] ** 2))
+    if baseline <= 0.0:
+        return 0.0
+    return error / baseline
+
+
+def regularisers(
+    layer: LayerArrays, kept: np.ndarray, options: MethodOptions
+) -> tuple[float, float]:
+    """LBYL's ``(lam1, lam2)`` for one layer, from scale-free options.
+
+    The error a removed channel leaves in the pre-activation is
+    ``e(x) = dw . x + db``; for inputs with per-element mean square ``mu2`` and little
+    correlation, ``E[e^2] ~ mu2 |dw|^2 + db^2``. Dividing by ``mu2`` gives the filter term
+    weight 1 and the bias term ``lam1 = bias_weight / mu2``
+    (:meth:`LayerArrays.input_second_moment` estimates ``mu2``).
+
+    The ridge is relative to the kept filters' mean square norm:
+    ``lam2 = ridge * trace(Wt_P Wt_P^T) / m``, so it means the same in every layer.
+    """
+    wt = layer.folded_weight[kept]
+    scale = float(np.sum(wt**2)) / max(len(kept), 1)
+    lam1 = options.bias_weight / layer.input_second_moment()
+    lam2 = options.ridge * scale
+    return lam1, lam2

@@ -1,0 +1,107 @@
+"""LBYL, "Leave Before You Leave": each removed channel is approximated by a linear
+combination of all kept channels, in closed form (LBYL.md 3.3).
+
+On folded filters (kept filters as rows of ``Wt_P``, ``m x d``; biases ``bt_P``), for each
+removed channel ``j``::
+
+    minimise   |wt_j - Wt_P^T s|^2 + lam1 (bt_j - bt_P^T s)^2 + lam2 |s|^2
+    s_j = (Wt_P Wt_P^T + lam1 bt_P bt_P^T + lam2 I)^-1 (Wt_P wt_j + lam1 bt_j bt_P)
+
+The matrix does not depend on ``j``, so all removed channels share one Cholesky
+factorisation; a least-squares solve takes over if it is singular.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from .base import (
+    BatchNormParams,
+    LayerArrays,
+    MethodOptions,
+    Solution,
+    identity_rows,
+    regularisers,
+    relative_residual,
+    removed_channels,
+)
+
+
+def lbyl_coefficients(
+    wt: np.ndarray, bt: np.ndarray, kept: np.ndarray, removed: np.ndarray, lam1: float, lam2: float
+) -> tuple[np.ndarray, bool]:
+    """Coefficients ``s_j`` (rows, ``len(removed) x m``) of the folded closed form.
+
+    Returns the coefficients and whether the Cholesky solve succeeded (False: least squares).
+    """
+    wp, bp = wt[kept], bt[kept]
+    gram = wp @ wp.T + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
+    rhs = wp @ wt[removed].T + lam1 * np.outer(bp, bt[removed])
+    try:
+        solution = scipy.linalg.solve(gram, rhs, assume_a="pos")
+        cholesky = True
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        solution = scipy.linalg.lstsq(gram, rhs)[0]
+        cholesky = False
+    return solution.T, cholesky
+
+
+def lbyl_objective(
+    wt: np.ndarray,
+    bt: np.ndarray,
+    kept: np.ndarray,
+    j: int,
+    s: np.ndarray,
+    lam1: float,
+    lam2: float,
+) -> float:
+    """The LBYL objective of removed channel ``j`` at coefficients ``s``."""
+    dw = wt[j] - wt[kept].T @ s
+    db = bt[j] - bt[kept] @ s
+    return float(dw @ dw + lam1 * db * db + lam2 * s @ s)
+
+
+def solve_lbyl(layer: LayerArrays, kept: np.ndarray, options: MethodOptions) -> Solution:
+    """``S`` whose removed rows are the LBYL coefficients, with scale-relative regularisers."""
+    scaling = identity_rows(layer.channels, kept)
+    removed = removed_channels(layer.channels, kept)
+    lam1, lam2 = regularisers(layer, kept, options)
+    notes: list[str] = []
+    if len(removed):
+        wt, bt = layer.folded_weight, layer.folded_bias
+        coeffs, cholesky = lbyl_coefficients(wt, bt, kept, removed, lam1, lam2)
+        scaling[removed] = coeffs
+        if not cholesky:
+            notes.append("singular system: least-squares solve")
+    return Solution(scaling, relative_residual(layer, kept, scaling, lam1), notes)
+
+
+def lbyl_bn_aware_coefficients(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    bn: BatchNormParams,
+    kept: np.ndarray,
+    j: int,
+    lam1: float,
+    lam2: float,
+) -> np.ndarray:
+    """The paper's BN-aware form on raw filters, returned as folded coefficients ``K o c``.
+
+    With ``rho_k = gamma_k / sigma_k``, ``a_k = mean_k - b_k - beta_k / rho_k`` (so that
+    ``bt_k = -rho_k a_k``) and ``K_k = rho_j / rho_k``, the folded objective divided by
+    ``rho_j^2`` reads, in raw coefficients ``c`` with ``s = K o c``::
+
+        |w_j - W_P^T c|^2 + lam1 (a_j - a_P^T c)^2 + (lam2 / rho_j^2) sum_k K_k^2 c_k^2
+
+    It is minimised here on its own terms; the result must equal the folded solution.
+    """
+    rho = bn.rho
+    w = weight.astype(np.float64)
+    a = bn.mean - bias.astype(np.float64) - bn.beta / rho
+    k = rho[j] / rho[kept]
+    wp, ap = w[kept], a[kept]
+    gram = wp @ wp.T + lam1 * np.outer(ap, ap) + (lam2 / rho[j] ** 2) * np.diag(k**2)
+    rhs = wp @ w[j] + lam1 * a[j] * ap
+    c = scipy.linalg.solve(gram, rhs, assume_a="pos")
+    return k * c
