@@ -1,0 +1,209 @@
+"""The pipeline, top to bottom: load -> find units -> choose kept channels -> solve S ->
+rewrite -> ONNX checker -> validate in onnxruntime -> report (-> save, for files)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .check import Validation, validate
+from .errors import RewriteError, UsageError, ValidationFailed
+from .graph.io import check_output_path, load_model, save_model
+from .graph.rewrite import Plan, apply_plans
+from .graph.shapes import (
+    count_macs,
+    count_parameters,
+    infer_shapes,
+    op_counts,
+    static_input_dims,
+)
+from .graph.units import Declined, Unit, find_units
+from .methods import CRITERIA, METHODS, MethodOptions, choose_kept
+from .report import ModelSummary, Report, UnitRecord
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of one run (the command line's flags, as a record).
+
+    ``ratio_for`` maps producer names or globs to a ratio that overrides ``ratio``;
+    ``exclude`` lists names or globs of producers left untouched.
+    """
+
+    ratio: float = 0.3
+    method: str = "lbyl"
+    criterion: str = "l2"
+    exclude: tuple[str, ...] = ()
+    ratio_for: tuple[tuple[str, float], ...] = ()
+    options: MethodOptions = field(default_factory=MethodOptions)
+    check: bool = True
+    check_n: int = 8
+    seed: int = 0
+    input_shapes: dict[str, list[int]] | None = None
+    input_data: dict[str, np.ndarray] | None = None
+
+    def validated(self) -> PruneConfig:
+        """Raise :class:`UsageError` for an option outside its domain."""
+        for pattern, ratio in [("--ratio", self.ratio), *self.ratio_for]:
+            if not 0.0 <= ratio < 1.0:
+                raise UsageError(f"ratio {ratio:g} for {pattern} is outside [0, 1)")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.criterion not in CRITERIA:
+            known = ", ".join(CRITERIA)
+            raise UsageError(f"unknown criterion '{self.criterion}' (choose from {known})")
+        if self.check_n < 1:
+            raise UsageError("--check-n must be at least 1")
+        return self
+
+
+def summarize(model: onnx.ModelProto) -> ModelSummary:
+    """Parameters, MACs at batch 1 (unknown dimensions set to 1), bytes and op counts."""
+    shapes = infer_shapes(model, static_input_dims(model, 1))
+    return ModelSummary(
+        parameters=count_parameters(model),
+        macs=count_macs(model, shapes),
+        size_bytes=model.ByteSize(),
+        op_counts=op_counts(model),
+    )
+
+
+def list_units(model: onnx.ModelProto | str | os.PathLike) -> tuple[list[Unit], list[Declined]]:
+    """The prunable units of a model and the declined candidates, with reasons."""
+    if not isinstance(model, onnx.ModelProto):
+        model = load_model(model)
+    return find_units(model, infer_shapes(model))
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def prune(
+    model: onnx.ModelProto | str | os.PathLike,
+    config: PruneConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options,
+) -> tuple[onnx.ModelProto, Report]:
+    """Remove channels from every prunable unit and fold the compensation into its readers.
+
+    ``model`` is a ``ModelProto`` (left unchanged) or a path. Options are the fields of
+    :class:`PruneConfig`, given as a config or as keywords (``ratio=0.3, method="lbyl"``).
+    Returns the new model and the report; raises :class:`ValidationFailed` (with the report)
+    when validation fails.
+    """
+    config = (config or PruneConfig(**options)).validated()
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(original)
+    recorded_shapes = {v.name for v in work.graph.value_info}
+
+    units, declined = find_units(work, infer_shapes(work))
+    warnings = _unmatched_patterns(config, units, declined)
+
+    plans: list[Plan] = []
+    records: list[UnitRecord] = []
+    for done, unit in enumerate(units):
+        if progress:
+            progress(done, len(units))
+        if any(_matches(unit.name, p) for p in config.exclude):
+            declined.append(Declined(unit.name, unit.producer.op_type, "excluded by --exclude"))
+            continue
+        ratio = next((r for p, r in config.ratio_for if _matches(unit.name, p)), config.ratio)
+        kept = choose_kept(unit.arrays.weight, ratio, config.criterion)
+        solution = METHODS[config.method](unit.arrays, kept, config.options)
+        plans.append(Plan(unit, kept, solution.scaling))
+        records.append(
+            UnitRecord(
+                name=unit.name,
+                op_type=unit.producer.op_type,
+                channels_before=unit.channels,
+                channels_after=len(kept),
+                method=config.method,
+                residual=round(solution.residual, 6),
+                consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
+                notes=[*unit.notes, *solution.notes],
+            )
+        )
+    if progress:
+        progress(len(units), len(units))
+
+    apply_plans(work, plans)
+    _restore_recorded_shapes(work, recorded_shapes)
+    try:
+        onnx.checker.check_model(work, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RewriteError(f"the rewritten model fails the ONNX checker: {first}") from error
+
+    validation: Validation | None = None
+    if config.check:
+        validation = validate(
+            original, work, config.check_n, config.seed, config.input_shapes, config.input_data
+        )
+    if not units:
+        warnings.append("no prunable unit found: the model is unchanged")
+    report = Report(
+        tool_version=__version__,
+        method=config.method,
+        criterion=config.criterion,
+        ratio=config.ratio,
+        units=records,
+        declined=declined,
+        before=summarize(original),
+        after=summarize(work),
+        validation=validation,
+        warnings=warnings,
+    )
+    if validation is not None and validation.status == "failed":
+        raise ValidationFailed(f"validation failed: {validation.message}", report)
+    return work, report
+
+
+def prune_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    config: PruneConfig | None = None,
+    save_as_external_data: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """:func:`prune` from file to file; OUT is written atomically, and only on success."""
+    config = (config or PruneConfig()).validated()
+    check_output_path(input_path, output_path)
+    model, report = prune(load_model(input_path), config, progress)
+    save_model(model, output_path, external_data=save_as_external_data)
+    return report
+
+
+def _unmatched_patterns(
+    config: PruneConfig, units: Sequence[Unit], declined: Sequence[Declined]
+) -> list[str]:
+    names = [u.name for u in units] + [d.name for d in declined]
+    patterns = [("--exclude", p) for p in config.exclude]
+    patterns += [("--ratio-for", p) for p, _ in config.ratio_for]
+    return [
+        f"{flag} {pattern!r} matches no Conv/Gemm/MatMul node"
+        for flag, pattern in patterns
+        if not any(_matches(n, pattern) for n in names)
+    ]
+
+
+def _restore_recorded_shapes(model: onnx.ModelProto, recorded: set[str]) -> None:
+    """Re-add, from shape inference, the shape records the rewrite had to clear."""
+    present = {v.name for v in model.graph.value_info}
+    missing = recorded - present
+    if not missing:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return
+    for info in inferred.graph.value_info:
+        if info.name in missing:
+            model.graph.value_info.append(info)

@@ -1,0 +1,205 @@
+"""Validation in onnxruntime: the original and the pruned model on the same inputs.
+
+Both run on the CPU with graph optimisations disabled, so that the runtime's own fusions
+hide nothing (as onnxsim's model checking does). Pruning is lossy, so the gate is not
+equivalence: validation fails when the pruned model does not load or run, changes an
+output's shape or dtype, or produces NaN/Inf where the original did not. The metrics say
+how far the outputs moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .graph.shapes import declared_dims
+
+_NUMPY_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+GUESSED_DIMS = (1, 32, 224)
+"""Values tried, in order, for unknown non-batch input dimensions until the original runs."""
+
+
+@dataclass
+class OutputMetrics:
+    """How far one output of the pruned model is from the original's."""
+
+    name: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    cosine: float
+    top1_agreement: float | None = None
+
+
+@dataclass
+class Validation:
+    """The outcome: ``passed``, ``failed`` or ``unavailable`` (the original itself cannot run)."""
+
+    status: str
+    inputs: str
+    message: str = ""
+    outputs: list[OutputMetrics] = field(default_factory=list)
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in weights]
+
+
+def random_inputs(
+    model: onnx.ModelProto,
+    batch: int,
+    seed: int = 0,
+    shapes: dict[str, list[int]] | None = None,
+    guess: int = 1,
+) -> dict[str, np.ndarray]:
+    """Seeded inputs: standard normal for floats, zeros for integers and booleans.
+
+    A dimension comes from ``shapes`` when given; otherwise a fixed one is kept, an unknown
+    first dimension becomes ``batch`` and any other unknown dimension ``guess``.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for entry in real_inputs(model):
+        elem = entry.type.tensor_type.elem_type
+        dtype = _NUMPY_TYPES.get(elem)
+        if dtype is None:
+            raise ValueError(f"input '{entry.name}' has an unsupported element type {elem}")
+        if shapes and entry.name in shapes:
+            dims = list(shapes[entry.name])
+        else:
+            declared = declared_dims(entry.type) or []
+            dims = [
+                d if isinstance(d, int) and d > 0 else (batch if axis == 0 else guess)
+                for axis, d in enumerate(declared)
+            ]
+        if np.issubdtype(dtype, np.floating):
+            feeds[entry.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[entry.name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def session(model: onnx.ModelProto | bytes | str) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation disabled."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def describe(feeds: dict[str, np.ndarray], source: str) -> str:
+    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+    return f"{source} ({shapes})"
+
+
+def compare(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputMetrics:
+    """Max and mean absolute error, relative L2 error, cosine similarity, top-1 agreement.
+
+    Top-1 agreement is reported for outputs that look like class scores: floating point,
+    2-D ``[batch, classes]`` with more than one class.
+    """
+    a = reference.astype(np.float64).reshape(-1)
+    b = candidate.astype(np.float64).reshape(-1)
+    diff = np.abs(a - b)
+    norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+    rel = float(np.linalg.norm(a - b) / norm_a) if norm_a > 0 else float(np.linalg.norm(b))
+    if norm_a > 0 and norm_b > 0:
+        cosine = float(a @ b / (norm_a * norm_b))
+    else:
+        cosine = 1.0 if norm_a == norm_b else 0.0
+    top1 = None
+    if (
+        reference.ndim == 2
+        and reference.shape[1] > 1
+        and np.issubdtype(reference.dtype, np.floating)
+    ):
+        top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    return OutputMetrics(
+        name,
+        list(reference.shape),
+        float(diff.max()) if diff.size else 0.0,
+        float(diff.mean()) if diff.size else 0.0,
+        rel,
+        cosine,
+        top1,
+    )
+
+
+def validate(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    check_n: int = 8,
+    seed: int = 0,
+    input_shapes: dict[str, list[int]] | None = None,
+    input_data: dict[str, np.ndarray] | None = None,
+) -> Validation:
+    """Run both models on the same inputs and compare every output."""
+    try:
+        reference_session = session(original)
+    except Exception as error:
+        return Validation("unavailable", "", f"the original model does not load: {_line(error)}")
+    names = [o.name for o in reference_session.get_outputs()]
+    feeds, reference, source, error = None, None, "", None
+    guesses = (1,) if input_data else GUESSED_DIMS
+    for guess in guesses:
+        if input_data:
+            feeds = dict(input_data)
+            missing = random_inputs(original, check_n, seed, input_shapes, guess)
+            for key, value in missing.items():
+                feeds.setdefault(key, value)
+            source = "user data (--input-data)"
+        else:
+            feeds = random_inputs(original, check_n, seed, input_shapes, guess)
+            source = f"{check_n} seeded random normal samples"
+        try:
+            reference = reference_session.run(names, feeds)
+            break
+        except Exception as caught:
+            error = caught
+            if input_shapes:
+                break
+    inputs = describe(feeds or {}, source)
+    if reference is None:
+        message = f"the original model does not run on these inputs: {_line(error)}"
+        return Validation("unavailable", inputs, message)
+    try:
+        outputs = session(pruned).run(names, feeds)
+    except Exception as caught:
+        return Validation("failed", inputs, f"the pruned model does not run: {_line(caught)}")
+    metrics = []
+    for name, ref, out in zip(names, reference, outputs, strict=True):
+        ref, out = np.asarray(ref), np.asarray(out)
+        if ref.shape != out.shape or ref.dtype != out.dtype:
+            return Validation(
+                "failed",
+                inputs,
+                f"output '{name}' changed from {ref.dtype}{list(ref.shape)} "
+                f"to {out.dtype}{list(out.shape)}",
+            )
+        if np.issubdtype(ref.dtype, np.floating) and np.any(~np.isfinite(out) & np.isfinite(ref)):
+            return Validation("failed", inputs, f"output '{name}' has NaN or Inf")
+        metrics.append(compare(name, ref, out))
+    return Validation("passed", inputs, "", metrics)
+
+
+def _line(error: BaseException | None) -> str:
+    text = str(error).strip().splitlines() if error else []
+    return text[0][:300] if text else type(error).__name__

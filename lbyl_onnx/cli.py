@@ -1,0 +1,306 @@
+"""The ``lbyl-onnx`` command: parse options, run the pipeline, print the summary, exit."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .api import PruneConfig, list_units, prune_file
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_NOT_VALIDATED,
+    EXIT_OK,
+    LbylError,
+    UsageError,
+    ValidationFailed,
+)
+from .methods import CRITERIA, METHODS
+from .report import UnitRecord, format_report, format_units
+
+EPILOG = """\b
+Examples:
+  lbyl-onnx model.onnx small.onnx                     # LBYL, 30% of channels per layer
+  lbyl-onnx model.onnx small.onnx --ratio 0.2 --method nm
+  lbyl-onnx model.onnx small.onnx --exclude 'stem*' --ratio-for 'layer4*=0.5'
+  lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
+  lbyl-onnx model.onnx --list                         # what would be pruned, and why not
+
+\b
+Exit codes:
+  0  done (OUT written, validation passed or --no-check)
+  1  internal error (a bug: please report it with -v output)
+  2  bad usage, unreadable or invalid input, unusable output path
+  3  validation failed: the pruned model does not run or changed its outputs' form;
+     OUT is not written
+  4  OUT written, but validation could not run (e.g. the original needs custom ops)
+"""
+
+
+def _parse_shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.rpartition(":")
+    try:
+        values = [int(d) for d in dims.split(",")]
+    except ValueError:
+        values = []
+    if not sep or not name or not values or any(v < 1 for v in values):
+        raise UsageError(f"--input-shape '{text}' is not NAME:D0,D1,... with positive integers")
+    return name, values
+
+
+def _parse_ratio_for(text: str) -> tuple[str, float]:
+    pattern, sep, value = text.rpartition("=")
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = float("nan")
+    if not sep or not pattern or ratio != ratio:
+        raise UsageError(f"--ratio-for '{text}' is not NAME_OR_GLOB=RATIO")
+    return pattern, ratio
+
+
+def _load_input_data(text: str) -> tuple[str, np.ndarray]:
+    name, sep, path = text.partition(":")
+    if not sep or not name or not path:
+        raise UsageError(f"--input-data '{text}' is not NAME:FILE.npy")
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--input-data file not found: {path}")
+    if file.suffix not in (".npy", ".npz"):
+        raise UsageError(f"--input-data file must be .npy or .npz: {path}")
+    try:
+        data = np.load(file, allow_pickle=False)
+        if file.suffix == ".npz":
+            if name not in data.files:
+                raise UsageError(f"--input-data {path} has no array named '{name}'")
+            data = data[name]
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--input-data {path} is not a readable NumPy file: {error}") from error
+    return name, np.asarray(data)
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("output_path", metavar="OUT", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--ratio",
+    default=0.3,
+    show_default=True,
+    type=float,
+    help="Fraction of output channels removed in each prunable layer, in [0, 1).",
+)
+@click.option(
+    "--method",
+    default="lbyl",
+    show_default=True,
+    type=click.Choice(list(METHODS)),
+    help="lbyl: many-to-one compensation; nm: Neuron Merging; prune: plain removal.",
+)
+@click.option(
+    "--criterion",
+    default="l2",
+    show_default=True,
+    type=click.Choice(list(CRITERIA)),
+    help="Which channels go: lowest L2 or L1 norm, or nearest the geometric median.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="NAME_OR_GLOB",
+    help="Leave this producer node untouched (repeatable).",
+)
+@click.option(
+    "--ratio-for",
+    multiple=True,
+    metavar="NAME_OR_GLOB=R",
+    help="Use ratio R for matching producer nodes (repeatable; first match wins).",
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Validate the output against the input in onnxruntime.",
+)
+@click.option(
+    "--check-n",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Random samples for validation (batch size when the batch is dynamic).",
+)
+@click.option(
+    "--input-shape",
+    multiple=True,
+    metavar="NAME:D0,D1,...",
+    help="Shape of an input with dynamic dimensions, for validation and MACs.",
+)
+@click.option(
+    "--input-data",
+    multiple=True,
+    metavar="NAME:FILE.npy",
+    help="Real samples for validation instead of random ones.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as JSON.",
+)
+@click.option(
+    "--save-as-external-data", is_flag=True, help="Write the weights to OUT.data beside OUT."
+)
+@click.option(
+    "--list",
+    "list_only",
+    is_flag=True,
+    help="Print the units found and declined (with reasons); write nothing.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show every unit and reason; tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only.")
+@click.version_option(__version__, "--version", prog_name="lbyl-onnx")
+def main(
+    input_path,
+    output_path,
+    ratio,
+    method,
+    criterion,
+    exclude,
+    ratio_for,
+    check,
+    check_n,
+    input_shape,
+    input_data,
+    report_path,
+    save_as_external_data,
+    list_only,
+    verbose,
+    quiet,
+):
+    """Remove channels from the convolutions of IN and restore accuracy without data.
+
+    Finds Conv -> [BatchNormalization] -> activation -> Conv chains (and their fully
+    connected equivalents), removes --ratio of the first layer's output channels, folds a
+    compensation into the layers that read them, checks the result in onnxruntime and
+    writes OUT. IN is never modified.
+    """
+    try:
+        code = _run(
+            input_path,
+            output_path,
+            ratio,
+            method,
+            criterion,
+            exclude,
+            ratio_for,
+            check,
+            check_n,
+            input_shape,
+            input_data,
+            report_path,
+            save_as_external_data,
+            list_only,
+            verbose,
+            quiet,
+        )
+    except ValidationFailed as error:
+        if error.report is not None and not quiet:
+            click.echo(format_report(error.report, verbose))
+        click.echo(f"error: {error} (OUT not written)", err=True)
+        code = error.exit_code
+    except LbylError as error:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"error: {error}", err=True)
+        code = error.exit_code
+    except Exception as error:  # a bug: one line, traceback with -v
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(error).__name__}: {error}", err=True)
+        code = EXIT_INTERNAL
+    sys.exit(code)
+
+
+def _run(
+    input_path,
+    output_path,
+    ratio,
+    method,
+    criterion,
+    exclude,
+    ratio_for,
+    check,
+    check_n,
+    input_shape,
+    input_data,
+    report_path,
+    save_as_external_data,
+    list_only,
+    verbose,
+    quiet,
+) -> int:
+    if list_only:
+        units, declined = list_units(input_path)
+        records = [
+            UnitRecord(
+                u.name,
+                u.producer.op_type,
+                u.channels,
+                u.channels,
+                "-",
+                0.0,
+                [c.node.name or c.node.output[0] for c in u.consumers],
+                u.notes,
+            )
+            for u in units
+        ]
+        click.echo(format_units(records, declined))
+        return EXIT_OK
+    if output_path is None:
+        raise UsageError("missing OUT (or pass --list to only inspect IN)")
+    config = PruneConfig(
+        ratio=ratio,
+        method=method,
+        criterion=criterion,
+        exclude=tuple(exclude),
+        ratio_for=tuple(_parse_ratio_for(t) for t in ratio_for),
+        check=check,
+        check_n=check_n,
+        input_shapes=dict(_parse_shape(t) for t in input_shape) or None,
+        input_data=dict(_load_input_data(t) for t in input_data) or None,
+    )
+    show = sys.stderr.isatty() and not quiet
+    bars = []
+
+    def progress(done: int, total: int) -> None:
+        if not show or total < 20:
+            return
+        if not bars:
+            bars.append(click.progressbar(length=total, label="units", file=sys.stderr))
+            bars[0].__enter__()
+        bars[0].update(done - bars[0].pos)
+
+    try:
+        report = prune_file(input_path, output_path, config, save_as_external_data, progress)
+    finally:
+        for bar in bars:
+            bar.__exit__(None, None, None)
+    if report_path is not None:
+        report_path.write_text(report.to_json())
+    if not quiet:
+        click.echo(format_report(report, verbose))
+        click.echo(f"wrote {output_path}")
+    else:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    if report.validation is not None and report.validation.status == "unavailable":
+        click.echo(f"warning: validation could not run: {report.validation.message}", err=True)
+        return EXIT_NOT_VALIDATED
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Everything that knows ONNX: loading and saving, finding prunable units, rewriting them."""

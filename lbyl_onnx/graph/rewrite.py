@@ -1,0 +1,204 @@
+"""Apply a plan to the graph: slice the producers, fold ``S`` into the consumers.
+
+Rewrite rules, for a unit with kept channels ``P`` (``m`` of ``N``) and scaling ``S``
+(``N x m``):
+
+- producer weight rows, bias, BatchNormalization vectors and a per-channel PRelu slope are
+  sliced to ``P``;
+- a Conv consumer's weight ``V`` (``O x N x k...``) becomes
+  ``V'[o, t] = sum_i S[i, t] V[o, i]``;
+- a Gemm/MatMul consumer after a flatten gets the same on each channel's block of ``h*w``
+  input columns (channel-major);
+- every tensor on the unit's path loses its recorded shape (it would be stale).
+
+New values are written as new constants with fresh unique names (an initializer for an
+initializer, a ``Constant`` node for a ``Constant`` node); the old ones are removed once
+nothing reads them. An initializer that is also listed as a graph input (IR < 4 models and
+old exporters) keeps its name, and its graph input's shape is updated, so the input list
+stays consistent. The model is edited in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .index import GraphIndex, attribute
+from .units import Consumer, Operand, Unit
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one unit: keep channels ``kept``, fold ``scaling`` into the consumers."""
+
+    unit: Unit
+    kept: np.ndarray
+    scaling: np.ndarray
+
+
+def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    """``V'[o, t, ...] = sum_i S[i, t] V[o, i, ...]`` in the consumer's own weight layout."""
+    v = weight.astype(np.float64)
+    n, m = scaling.shape
+    if consumer.kind == "conv":
+        folded = np.einsum("oi...,it->ot...", v, scaling)
+    elif consumer.transposed:  # Gemm transB: O x (N*block)
+        o = v.shape[0]
+        folded = np.einsum("oip,it->otp", v.reshape(o, n, consumer.block), scaling)
+        folded = folded.reshape(o, m * consumer.block)
+    else:  # (N*block) x O
+        o = v.shape[1]
+        folded = np.einsum("ipo,it->tpo", v.reshape(n, consumer.block, o), scaling)
+        folded = folded.reshape(m * consumer.block, o)
+    return folded.astype(weight.dtype)
+
+
+def take_channels(value: np.ndarray, kept: np.ndarray, channels: int, axis: int) -> np.ndarray:
+    """``value`` restricted to ``kept`` along ``axis``; broadcast (size-1) values unchanged."""
+    if value.size == 1:
+        return value
+    return np.take(value, kept, axis=axis)
+
+
+def _channel_axis(value: np.ndarray, channels: int) -> int:
+    """The axis of a per-channel vector (``[C]``, ``[C,1,1]``, ``[1,C,1,1]``, ``[1,C]``)."""
+    return next(a for a, d in enumerate(value.shape) if d == channels)
+
+
+class _Editor:
+    """Accumulates new values per constant operand, then writes them into the graph."""
+
+    def __init__(self) -> None:
+        self.edits: dict[tuple[str, int], tuple[Operand, np.ndarray]] = {}
+
+    def edit(self, operand: Operand, change: Callable[[np.ndarray], np.ndarray]) -> None:
+        key = (operand.node.output[0], operand.index)  # outputs are unique in a graph
+        current = self.edits.get(key, (operand, operand.value))[1]
+        self.edits[key] = (operand, change(current))
+
+    def write(self, model: onnx.ModelProto) -> None:
+        if not self.edits:
+            return
+        index = GraphIndex(model)
+        graph = model.graph
+        names = _all_names(model)
+        detached: list[str] = []
+        for operand, value in self.edits.values():
+            name = operand.tensor
+            source = index.source(name)
+            if source is None:  # matched as constant before: cannot happen
+                raise RuntimeError(f"operand '{name}' is no longer a constant")
+            if source.kind == "initializer" and source.name in index.graph_inputs:
+                _replace_listed_initializer(model, source.name, value)
+                continue
+            fresh = _fresh_name(names, name)
+            tensor = numpy_helper.from_array(np.ascontiguousarray(value), fresh)
+            if source.kind == "initializer":
+                graph.initializer.append(tensor)
+            else:
+                const = helper.make_node("Constant", [], [fresh], name=fresh, value=tensor)
+                position = list(graph.node).index(operand.node)
+                graph.node.insert(position, const)
+            operand.node.input[operand.index] = fresh
+            detached.append(name)
+        _remove_unread(model, detached)
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    names |= {v.name for v in graph.value_info} | {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def _fresh_name(names: set[str], base: str) -> str:
+    candidate = f"{base}_pruned"
+    counter = 1
+    while candidate in names:
+        counter += 1
+        candidate = f"{base}_pruned{counter}"
+    names.add(candidate)
+    return candidate
+
+
+def _replace_listed_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Update an initializer that is also a graph input, and that input's shape, in place."""
+    graph = model.graph
+    for i, init in enumerate(graph.initializer):
+        if init.name == name:
+            graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(np.ascontiguousarray(value), name)
+            )
+    for entry in graph.input:
+        if entry.name == name:
+            dims = entry.type.tensor_type.shape.dim
+            del dims[:]
+            for d in value.shape:
+                dims.add().dim_value = int(d)
+
+
+def _remove_unread(model: onnx.ModelProto, detached: list[str]) -> None:
+    """Remove the initializers, ``Constant`` and ``Identity`` nodes no longer read by anything."""
+    pending = list(detached)
+    while pending:
+        index = GraphIndex(model)
+        name = pending.pop()
+        if index.readers.get(name) or name in index.graph_outputs:
+            continue
+        if name in index.initializers and name not in index.graph_inputs:
+            kept = [t for t in model.graph.initializer if t.name != name]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
+            continue
+        node = index.producer.get(name)
+        if node is not None and node.op_type in ("Constant", "Identity"):
+            if any(index.readers.get(o) for o in node.output):
+                continue
+            model.graph.node.remove(node)
+            if node.op_type == "Identity":
+                pending.append(node.input[0])
+
+
+def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
+    """Rewrite ``model`` in place so that each planned unit keeps only its channels ``kept``.
+
+    Plans are independent: each was solved on the original weights, and slicing a layer's
+    output channels commutes with folding ``S`` into its input channels.
+    """
+    editor = _Editor()
+    stale: set[str] = set()
+    for plan in plans:
+        unit, kept, scaling = plan.unit, plan.kept, plan.scaling
+        n = unit.channels
+        if len(kept) == n:
+            continue
+        if unit.kind == "conv":
+            editor.edit(unit.weight, lambda w, k=kept: w[k])
+        elif unit.kind == "gemm" and attribute(unit.producer, "transB", 0):
+            editor.edit(unit.weight, lambda w, k=kept: w[k, :])
+        else:
+            editor.edit(unit.weight, lambda w, k=kept: w[:, k])
+        operands = [*unit.bn_params]
+        if unit.bias is not None:
+            operands.append(unit.bias)
+        if unit.slope is not None:
+            operands.append(unit.slope)
+        for operand in operands:
+            axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
+            editor.edit(operand, lambda v, k=kept, a=axis, c=n: take_channels(v, k, c, a))
+        for consumer in unit.consumers:
+            editor.edit(
+                consumer.weight, lambda v, c=consumer, s=scaling: fold_into_consumer(c, v, s)
+            )
+        stale.update(unit.tensors)
+    editor.write(model)
+    kept_info = [v for v in model.graph.value_info if v.name not in stale]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept_info)

@@ -1,0 +1,130 @@
+"""Shapes, parameter and MAC counts of a model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .index import attribute, constant_node_value
+
+Shape = list[int | str | None]
+
+
+def declared_dims(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: Shape = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def infer_shapes(
+    model: onnx.ModelProto, fixed_inputs: dict[str, list[int]] | None = None
+) -> dict[str, Shape]:
+    """Shapes of every tensor ONNX shape inference can reach (the model is not changed).
+
+    ``fixed_inputs`` replaces the declared shapes of graph inputs (e.g. batch 1) first.
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for entry in work.graph.input:
+        if fixed_inputs and entry.name in fixed_inputs:
+            dims = entry.type.tensor_type.shape.dim
+            for d, value in zip(dims, fixed_inputs[entry.name], strict=False):
+                d.Clear()
+                d.dim_value = int(value)
+    with contextlib.suppress(onnx.shape_inference.InferenceError, RuntimeError):
+        work = onnx.shape_inference.infer_shapes(work, data_prop=True)
+    shapes: dict[str, Shape] = {}
+    graph = work.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        dims = declared_dims(info.type)
+        if dims is not None:
+            shapes[info.name] = dims
+    for init in graph.initializer:
+        shapes[init.name] = [int(d) for d in init.dims]
+    return shapes
+
+
+def static_input_dims(model: onnx.ModelProto, value: int = 1) -> dict[str, list[int]]:
+    """Each graph input's shape with unknown dimensions set to ``value``."""
+    result = {}
+    for entry in model.graph.input:
+        dims = declared_dims(entry.type) or []
+        result[entry.name] = [d if isinstance(d, int) else value for d in dims]
+    return result
+
+
+def count_parameters(model: onnx.ModelProto) -> int:
+    """Elements of every floating-point initializer and ``Constant`` node."""
+    total = 0
+    for init in model.graph.initializer:
+        if init.data_type in _FLOAT_TYPES:
+            total += int(np.prod(init.dims, dtype=np.int64))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = constant_node_value(node)
+            if value is not None and np.issubdtype(value.dtype, np.floating):
+                total += int(value.size)
+    return total
+
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def count_macs(model: onnx.ModelProto, shapes: dict[str, Shape]) -> int:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul at the shapes given.
+
+    Conv: ``|output| * C_in/group * prod(kernel)``; ConvTranspose: ``|input| * C_out/group *
+    prod(kernel)``; Gemm/MatMul: ``|output| * K``. Nodes with unknown shapes count 0.
+    """
+    total = 0
+    for node in model.graph.node:
+        op = node.op_type
+        if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        w = _known(shapes.get(node.input[1]) if len(node.input) > 1 else None)
+        y = _known(shapes.get(node.output[0]))
+        x = _known(shapes.get(node.input[0]))
+        if w is None:
+            continue
+        if op == "Conv" and y is not None:
+            total += int(np.prod(y, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        elif op == "ConvTranspose" and x is not None:
+            total += int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        elif op == "Gemm" and y is not None:
+            k = w[1] if attribute(node, "transB", 0) else w[0]
+            total += int(np.prod(y, dtype=np.int64)) * k
+        elif op == "MatMul" and y is not None and len(w) >= 2:
+            total += int(np.prod(y, dtype=np.int64)) * w[-2]
+    return total
+
+
+def _known(shape: Shape | None) -> list[int] | None:
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the main graph has."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def tensor_value(init: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(init)

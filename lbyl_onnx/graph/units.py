@@ -1,0 +1,390 @@
+"""Find prunable units in a graph, and decline the rest with a reason.
+
+A unit (LBYL.md section 1)::
+
+    x --Conv|Gemm|MatMul(+Add)--> z --[BatchNormalization]--> --[activation]--> r
+      --[channel-wise ops]--> consumers (Conv group 1, or Gemm/MatMul after a flatten)
+
+Every check returns a reason instead of raising: :func:`find_units` gives, for every
+candidate producer, either a :class:`Unit` or a :class:`Declined` record. Adding an
+activation or a pass-through op is one entry in the tables below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..methods import BatchNormParams, LayerArrays
+from .index import GraphIndex, attribute
+
+ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "PRelu"}
+"""Element-wise activations a unit may contain (Clip only with min 0, i.e. ReLU6-like)."""
+
+SPATIAL_PASS_THROUGH = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+"""Channel-wise ops between the activation and the consumers (spatial tensors only)."""
+
+ANY_PASS_THROUGH = {"Dropout", "Identity"}
+"""Ops that pass every channel through unchanged, in any layout."""
+
+APPROXIMATE_PASS_THROUGH = {"MaxPool", "GlobalMaxPool"}
+"""Max does not commute with sums: the compensation is approximate through these."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A constant input of a node: ``node.input[index]`` and its value."""
+
+    node: onnx.NodeProto
+    index: int
+    value: np.ndarray
+
+    @property
+    def tensor(self) -> str:
+        return self.node.input[self.index]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A node that reads the unit's channels and absorbs ``S``.
+
+    ``kind`` is ``conv`` (weight ``O x N x k...``), ``gemm`` or ``matmul``; ``block`` is the
+    number of consecutive input columns each channel owns after a flatten (``h*w``), 1 when
+    there is none. ``transposed`` means the weight is stored ``O x (N*block)`` (Gemm transB).
+    """
+
+    node: onnx.NodeProto
+    kind: str
+    weight: Operand
+    block: int = 1
+    transposed: bool = False
+
+
+@dataclass
+class Unit:
+    """One producer whose output channels may be removed, and everything that reads them."""
+
+    name: str
+    producer: onnx.NodeProto
+    kind: str  # conv, gemm, matmul
+    weight: Operand
+    bias: Operand | None
+    bn: onnx.NodeProto | None
+    bn_params: list[Operand]
+    activation: onnx.NodeProto | None
+    slope: Operand | None
+    consumers: list[Consumer]
+    tensors: list[str]
+    """Every tensor whose channel count changes (their recorded shapes go stale)."""
+    arrays: LayerArrays
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.arrays.channels
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A candidate producer left untouched, and why (one line)."""
+
+    name: str
+    op_type: str
+    reason: str
+
+
+class _Decline(Exception):
+    """Internal: raised inside the matcher, turned into a :class:`Declined` record."""
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """A node's name, or a stand-in from its first output when it has none."""
+    return node.name or f"<{node.op_type} -> {node.output[0]}>"
+
+
+def find_units(
+    model: onnx.ModelProto, shapes: dict[str, list[int | str | None]]
+) -> tuple[list[Unit], list[Declined]]:
+    """Every ``Conv``/``Gemm``/``MatMul`` of the main graph as a :class:`Unit` or :class:`Declined`.
+
+    ``shapes`` maps tensor names to inferred shapes (needed for the ``h*w`` block of a
+    flatten). Units are returned in graph order.
+    """
+    index = GraphIndex(model)
+    units: list[Unit] = []
+    declined: list[Declined] = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            units.append(_match_unit(index, node, shapes))
+        except _Decline as why:
+            declined.append(Declined(node_name(node), node.op_type, str(why)))
+    return units, declined
+
+
+def _constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Operand:
+    """``node.input[i]`` as a constant that only this node reads, or decline."""
+    if i >= len(node.input) or not node.input[i]:
+        raise _Decline(f"{what} is missing")
+    name = node.input[i]
+    value = index.value(name)
+    if value is None:
+        raise _Decline(f"{what} '{name}' is not a constant")
+    if index.is_shared(name):
+        raise _Decline(f"{what} '{name}' is shared with another node")
+    if not np.issubdtype(value.dtype, np.floating):
+        raise _Decline(f"{what} '{name}' is not floating point ({value.dtype})")
+    if not np.all(np.isfinite(value)):
+        raise _Decline(f"{what} '{name}' contains NaN or Inf")
+    return Operand(node, i, value)
+
+
+def _next(index: GraphIndex, tensor: str) -> onnx.NodeProto | None:
+    """The sole reader of ``tensor`` (decline if it is a graph output or read twice)."""
+    if tensor in index.graph_outputs:
+        raise _Decline(f"'{tensor}' is a graph output")
+    readers = index.readers.get(tensor, [])
+    if len(readers) > 1:
+        ops = ", ".join(sorted({r.node.op_type for r in readers}))
+        raise _Decline(f"'{tensor}' is read by several nodes ({ops})")
+    return readers[0].node if readers and readers[0].index >= 0 else None
+
+
+def _match_producer(index: GraphIndex, node: onnx.NodeProto):
+    """Producer weight (filters as rows), bias, and the tensor that carries its channels."""
+    if node.op_type == "Conv":
+        group = attribute(node, "group", 1)
+        weight = _constant(index, node, 1, "weight")
+        if group != 1:
+            kind = "depthwise" if group == weight.value.shape[0] else "grouped"
+            raise _Decline(f"{kind} Conv producer (group={group})")
+        n = weight.value.shape[0]
+        bias = _constant(index, node, 2, "bias") if len(node.input) > 2 and node.input[2] else None
+        rows = weight.value.reshape(n, -1)
+        b = bias.value.reshape(-1) if bias is not None else np.zeros(n, rows.dtype)
+        return "conv", weight, bias, rows, b, node.output[0]
+    if node.op_type == "Gemm":
+        if attribute(node, "transA", 0):
+            raise _Decline("Gemm with transA=1")
+        weight = _constant(index, node, 1, "weight")
+        trans_b = bool(attribute(node, "transB", 0))
+        rows = weight.value if trans_b else weight.value.T
+        n = rows.shape[0]
+        alpha, beta = attribute(node, "alpha", 1.0), attribute(node, "beta", 1.0)
+        bias = _constant(index, node, 2, "bias") if len(node.input) > 2 and node.input[2] else None
+        b = np.zeros(n)
+        if bias is not None:
+            if bias.value.size not in (1, n) or (bias.value.ndim == 2 and bias.value.shape[0] != 1):
+                raise _Decline(f"Gemm bias of shape {list(bias.value.shape)} is not per-channel")
+            b = beta * np.broadcast_to(bias.value.reshape(-1), (n,))
+        return "gemm", weight, bias, alpha * rows, b, node.output[0]
+    # MatMul: x @ B with B (K x N), optionally followed by Add of a per-channel bias
+    weight = _constant(index, node, 1, "weight")
+    if weight.value.ndim != 2:
+        raise _Decline("MatMul weight is not 2-D")
+    rows = weight.value.T
+    n = rows.shape[0]
+    out = node.output[0]
+    bias = None
+    b = np.zeros(n)
+    reader = _next(index, out)
+    if reader is not None and reader.op_type == "Add":
+        other = 1 if reader.input[0] == out else 0
+        value = index.value(reader.input[other])
+        if value is not None and value.size == n and value.shape[-1] == n:
+            bias = _constant(index, reader, other, "bias")
+            b = bias.value.reshape(-1)
+            out = reader.output[0]
+    return "matmul", weight, bias, rows, b, out
+
+
+def _match_bn(index: GraphIndex, node: onnx.NodeProto, n: int) -> tuple[list[Operand], float]:
+    if len([o for o in node.output if o]) > 1 and any(
+        index.readers.get(o) for o in node.output[1:] if o
+    ):
+        raise _Decline("BatchNormalization in training mode (extra outputs are read)")
+    params = [_constant(index, node, i, f"BatchNormalization input {i}") for i in range(1, 5)]
+    if any(p.value.size != n for p in params):
+        raise _Decline("BatchNormalization parameters are not per-channel")
+    return params, float(attribute(node, "epsilon", 1e-5))
+
+
+def _match_activation(index: GraphIndex, node: onnx.NodeProto, n: int) -> Operand | None:
+    """Check an activation; return PRelu's slope when it must be sliced."""
+    if node.op_type == "Clip":
+        low = attribute(node, "min") if index.opset < 11 else None
+        if index.opset >= 11 and len(node.input) > 1 and node.input[1]:
+            value = index.value(node.input[1])
+            if value is None:
+                raise _Decline("Clip min is not a constant")
+            low = float(value.reshape(-1)[0])
+        if low != 0:
+            raise _Decline(f"Clip with min {low} (only min 0, ReLU6-like, is supported)")
+        has_max = index.opset >= 11 and len(node.input) > 2 and node.input[2]
+        if has_max and index.value(node.input[2]) is None:
+            raise _Decline("Clip max is not a constant")
+        return None
+    if node.op_type == "PRelu":
+        slope = _constant(index, node, 1, "PRelu slope")
+        if slope.value.size == 1:
+            return None
+        if slope.value.size != n or max(slope.value.shape) != n:
+            raise _Decline(f"PRelu slope of shape {list(slope.value.shape)} is not per-channel")
+        return slope
+    return None
+
+
+def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
+    kind, weight, bias, rows, b, tensor = _match_producer(index, producer)
+    n = rows.shape[0]
+    tensors = [producer.output[0]] if tensor == producer.output[0] else [producer.output[0], tensor]
+    notes: list[str] = []
+    reader = _next(index, tensor)
+    bn = None
+    bn_params: list[Operand] = []
+    bn_record = None
+    if reader is not None and reader.op_type == "BatchNormalization":
+        bn = reader
+        bn_params, eps = _match_bn(index, bn, n)
+        gamma, beta, mean, var = (p.value.reshape(-1).astype(np.float64) for p in bn_params)
+        bn_record = BatchNormParams(gamma, beta, mean, var, eps)
+        tensor = bn.output[0]
+        tensors.append(tensor)
+        reader = _next(index, tensor)
+    activation = None
+    slope = None
+    if reader is not None and reader.op_type in ACTIVATIONS:
+        activation = reader
+        slope = _match_activation(index, activation, n)
+        tensor = activation.output[0]
+        tensors.append(tensor)
+    layout = "spatial" if kind == "conv" else "features"
+    consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes)
+    arrays = LayerArrays(np.asarray(rows), np.asarray(b), bn_record)
+    return Unit(
+        name=node_name(producer),
+        producer=producer,
+        kind=kind,
+        weight=weight,
+        bias=bias,
+        bn=bn,
+        bn_params=bn_params,
+        activation=activation,
+        slope=slope,
+        consumers=consumers,
+        tensors=tensors,
+        arrays=arrays,
+        notes=notes,
+    )
+
+
+def _flatten_block(tensor: str, shapes, n: int) -> int:
+    """``h*w``: the columns each channel owns after flattening ``tensor`` (N, C, h, w...)."""
+    shape = shapes.get(tensor)
+    if shape is None or len(shape) < 2:
+        raise _Decline(f"shape of '{tensor}' before the flatten is unknown")
+    spatial = shape[2:]
+    if any(not isinstance(d, int) for d in spatial):
+        raise _Decline(f"spatial size of '{tensor}' before the flatten is not static")
+    if shape[1] not in (n, None) and isinstance(shape[1], int):
+        raise _Decline(f"'{tensor}' has {shape[1]} channels, expected {n}")
+    return int(np.prod(spatial, dtype=np.int64))
+
+
+def _is_channel_major_reshape(index: GraphIndex, node: onnx.NodeProto, shapes, tensor: str) -> bool:
+    """A Reshape to ``[batch, -1]`` (or ``[0, -1]``, or ``[batch, C*h*w]``)."""
+    target = index.value(node.input[1]) if len(node.input) > 1 else None
+    if target is None or target.size != 2:
+        return False
+    shape = shapes.get(tensor)
+    if shape is None or len(shape) < 2:
+        return False
+    first, second = (int(v) for v in target.reshape(-1))
+    if first not in (0, -1) and not (isinstance(shape[0], int) and first == shape[0]):
+        return False
+    if second == -1:
+        return first != -1
+    dims = shape[1:]
+    return all(isinstance(d, int) for d in dims) and second == int(np.prod(dims))
+
+
+def _match_consumers(index, tensor, layout, n, shapes, tensors, notes) -> list[Consumer]:
+    """Walk from the activation output through pass-through ops to the consumers.
+
+    ``layout`` is ``spatial`` (channels on axis 1 of an N-D tensor), ``flat`` (after a
+    flatten, each channel owns ``block`` consecutive columns) or ``features`` (channels
+    on the last axis, the output of a Gemm/MatMul).
+    """
+    consumers: list[Consumer] = []
+    frontier = [(tensor, layout, 1)]
+    while frontier:
+        current, layout, block = frontier.pop(0)
+        if current in index.graph_outputs:
+            raise _Decline(f"'{current}' is a graph output")
+        readers = index.readers.get(current, [])
+        if not readers:
+            raise _Decline(f"'{current}' is not read by any node")
+        for reader in readers:
+            node, position = reader.node, reader.index
+            op = node.op_type
+            if position < 0:
+                raise _Decline(f"'{current}' is read inside a subgraph of {op} '{node_name(node)}'")
+            if node.domain not in ("", "ai.onnx"):
+                raise _Decline(f"'{current}' is read by custom op {node.domain}.{op}")
+            if position != 0:
+                raise _Decline(f"'{current}' is input {position} of {op} '{node_name(node)}'")
+            extra = [o for o in node.output[1:] if o and index.readers.get(o)]
+            if op in ANY_PASS_THROUGH or (op in SPATIAL_PASS_THROUGH and layout == "spatial"):
+                if extra:
+                    raise _Decline(f"second output of {op} '{node_name(node)}' is used")
+                if op in APPROXIMATE_PASS_THROUGH:
+                    notes.append(f"{op} between activation and consumer: compensation approximate")
+                tensors.append(node.output[0])
+                frontier.append((node.output[0], layout, block))
+            elif op == "Flatten" and layout == "spatial":
+                if attribute(node, "axis", 1) != 1:
+                    raise _Decline(f"Flatten '{node_name(node)}' with axis != 1")
+                tensors.append(node.output[0])
+                frontier.append((node.output[0], "flat", _flatten_block(current, shapes, n)))
+            elif op == "Reshape" and layout == "spatial":
+                if not _is_channel_major_reshape(index, node, shapes, current):
+                    raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
+                tensors.append(node.output[0])
+                frontier.append((node.output[0], "flat", _flatten_block(current, shapes, n)))
+            elif op == "Conv" and layout == "spatial":
+                consumers.append(_conv_consumer(index, node, n))
+            elif op in ("Gemm", "MatMul") and layout in ("flat", "features"):
+                consumers.append(_dense_consumer(index, node, n, block))
+            else:
+                raise _Decline(f"'{current}' is read by {op} '{node_name(node)}'")
+    return consumers
+
+
+def _conv_consumer(index: GraphIndex, node: onnx.NodeProto, n: int) -> Consumer:
+    weight = _constant(index, node, 1, "consumer weight")
+    group = attribute(node, "group", 1)
+    if group != 1:
+        kind = "depthwise" if weight.value.shape[1] == 1 else "grouped"
+        raise _Decline(f"consumer '{node_name(node)}' is a {kind} Conv (group={group})")
+    if weight.value.shape[1] != n:
+        raise _Decline(f"consumer '{node_name(node)}' expects {weight.value.shape[1]} channels")
+    return Consumer(node, "conv", weight)
+
+
+def _dense_consumer(index: GraphIndex, node: onnx.NodeProto, n: int, block: int) -> Consumer:
+    if node.op_type == "Gemm" and attribute(node, "transA", 0):
+        raise _Decline(f"consumer Gemm '{node_name(node)}' has transA=1")
+    weight = _constant(index, node, 1, "consumer weight")
+    if weight.value.ndim != 2:
+        raise _Decline(f"consumer '{node_name(node)}' weight is not 2-D")
+    transposed = node.op_type == "Gemm" and bool(attribute(node, "transB", 0))
+    columns = weight.value.shape[1] if transposed else weight.value.shape[0]
+    if columns != n * block:
+        raise _Decline(
+            f"consumer '{node_name(node)}' reads {columns} features, expected {n * block}"
+        )
+    kind = "gemm" if node.op_type == "Gemm" else "matmul"
+    return Consumer(node, kind, weight, block, transposed)
