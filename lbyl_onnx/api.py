@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .check import Validation, validate
+from .check import Validation, input_problems, validate
 from .errors import RewriteError, UsageError, ValidationFailed
 from .graph.io import check_output_path, load_model, save_model
 from .graph.rewrite import Plan, apply_plans
@@ -100,6 +100,9 @@ def prune(
     """
     config = (config or PruneConfig(**options)).validated()
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    problems = input_problems(original, config.input_data, config.input_shapes)
+    if problems:
+        raise UsageError(problems[0])
     work = onnx.ModelProto()
     work.CopyFrom(original)
     recorded_shapes = {v.name for v in work.graph.value_info}

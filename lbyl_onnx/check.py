@@ -203,3 +203,51 @@ def validate(
 def _line(error: BaseException | None) -> str:
     text = str(error).strip().splitlines() if error else []
     return text[0][:300] if text else type(error).__name__
+
+
+def input_problems(
+    model: onnx.ModelProto,
+    input_data: dict[str, np.ndarray] | None,
+    input_shapes: dict[str, list[int]] | None,
+) -> list[str]:
+    """What is wrong with user-given inputs or shapes for this model (empty if nothing).
+
+    Names must be real graph inputs; data must have the input's element type and rank, and
+    its fixed dimensions; shapes must have the input's rank and fixed dimensions.
+    """
+    declared = {entry.name: entry for entry in real_inputs(model)}
+    known = ", ".join(declared) or "none"
+    problems = []
+    given = [
+        (name, value.shape, value.dtype, "--input-data")
+        for name, value in (input_data or {}).items()
+    ]
+    given += [
+        (name, tuple(dims), None, "--input-shape") for name, dims in (input_shapes or {}).items()
+    ]
+    for name, shape, dtype, flag in given:
+        entry = declared.get(name)
+        if entry is None:
+            problems.append(f"{flag} names '{name}', which is not an input (inputs: {known})")
+            continue
+        expected = _NUMPY_TYPES.get(entry.type.tensor_type.elem_type)
+        if dtype is not None and expected is not None and np.dtype(dtype) != np.dtype(expected):
+            problems.append(
+                f"{flag} '{name}' is {np.dtype(dtype)}, the model expects {np.dtype(expected)}"
+            )
+        dims = declared_dims(entry.type)
+        if dims is None:
+            continue
+        if len(dims) != len(shape):
+            problems.append(
+                f"{flag} '{name}' has shape {list(shape)}, the model expects rank {len(dims)}"
+            )
+            continue
+        for axis, (want, have) in enumerate(zip(dims, shape, strict=True)):
+            if isinstance(want, int) and want > 0 and want != have:
+                problems.append(
+                    f"{flag} '{name}' has shape {list(shape)}, "
+                    f"the model expects {want} on axis {axis}"
+                )
+                break
+    return problems

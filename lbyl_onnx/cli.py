@@ -19,6 +19,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
+from .graph.io import check_output_path, write_text_atomic
 from .methods import CRITERIA, METHODS
 from .report import UnitRecord, format_report, format_units
 
@@ -261,6 +262,10 @@ def _run(
         return EXIT_OK
     if output_path is None:
         raise UsageError("missing OUT (or pass --list to only inspect IN)")
+    if report_path is not None:
+        check_output_path(input_path, report_path, "--report")
+        if report_path.resolve() == output_path.resolve():
+            raise UsageError(f"--report {report_path} is OUT; choose another path")
     config = PruneConfig(
         ratio=ratio,
         method=method,
@@ -289,7 +294,7 @@ def _run(
         for bar in bars:
             bar.__exit__(None, None, None)
     if report_path is not None:
-        report_path.write_text(report.to_json())
+        write_text_atomic(report_path, report.to_json())
     if not quiet:
         click.echo(format_report(report, verbose))
         click.echo(f"wrote {output_path}")

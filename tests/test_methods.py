@@ -113,10 +113,12 @@ class Case:
     layer: LayerArrays
     kept: np.ndarray
     rng: np.random.Generator
+    seed: int
 
     def __repr__(self) -> str:  # keep hypothesis' failure output short
-        w = self.layer.weight
-        return f"Case(N={w.shape[0]}, d={w.shape[1]}, m={len(self.kept)}, bn={self.layer.bn is not None})"
+        n, d = self.layer.weight.shape
+        bn = self.layer.bn is not None
+        return f"Case(N={n}, d={d}, m={len(self.kept)}, bn={bn}, seed={self.seed})"
 
 
 seeds = st.integers(0, 2**32 - 1)
@@ -130,12 +132,13 @@ def cases(draw, bn: bool | None = None, min_d: int = 1) -> Case:
     d = draw(st.integers(min_d, 80))
     ratio = draw(ratios)
     with_bn = draw(st.booleans()) if bn is None else bn
-    rng = np.random.default_rng(draw(seeds))
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
     layer = LayerArrays(
         rng.normal(size=(n, d)), rng.normal(size=n), make_bn(rng, n) if with_bn else None
     )
     kept = np.sort(rng.choice(n, kept_count(n, ratio), replace=False))
-    return Case(layer, kept, rng)
+    return Case(layer, kept, rng, seed)
 
 
 options_st = st.builds(
@@ -197,6 +200,8 @@ def restorable(draw, linear: bool):
         (100, 0.3, 70),
         (100, 0.5, 50),
         (10, 0.99, 1),
+        (50, 0.9, 5),
+        (100, 0.9, 10),
         (1, 0.5, 1),
     ],
 )
@@ -483,9 +488,34 @@ def test_merging_never_picks_zero_kept_filter_and_skips_zero_removed_filter():
     assert sol.scaling[3, 0] == 0.0 and sol.scaling[3, 1] == pytest.approx(np.hypot(2, 0.1))
 
 
+def test_merging_threshold_is_checked_on_cost_optimal_partner_not_best_cosine():
+    """Documented behaviour (as in the reference decompose.py): the partner is the argmin of the
+    cost; if ITS cosine is below t nothing is merged, even when another kept filter has cos >= t."""
+    a = np.array([0.15, np.sqrt(1 - 0.15**2), 0.0])  # cos 0.15, bias matches exactly
+    b = np.array([0.3, 0.0, np.sqrt(1 - 0.3**2)])  # cos 0.30, bias mismatch 1
+    layer = LayerArrays(np.vstack([a, b, [1.0, 0.0, 0.0]]), np.array([1.0, 0.0, 1.0]))
+    kept = np.array([0, 1])
+    # costs: a -> 0.85 * 0.85 = 0.7225, b -> 0.85 * 0.7 + 0.15 = 0.745
+    sol = solve_merging(layer, kept, MethodOptions(nm_threshold=0.2, nm_lambda=0.85))
+    np.testing.assert_array_equal(sol.scaling[2], 0.0)
+    sol = solve_merging(layer, kept, MethodOptions(nm_threshold=0.1, nm_lambda=0.85))
+    np.testing.assert_allclose(sol.scaling[2], [1.0, 0.0])
+
+
+def test_input_second_moment_ignores_zero_filters():
+    w = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    bn = BatchNormParams(np.ones(4), np.zeros(4), np.zeros(4), np.array([9.0, 2.0, 8.0, 75.0]), 0.0)
+    # ratios var / |w|^2 over non-zero filters: 2, 2, 3 -> median 2
+    assert LayerArrays(w, np.zeros(4), bn).input_second_moment() == pytest.approx(2.0)
+    assert LayerArrays(w, np.zeros(4)).input_second_moment() == 1.0
+
+
 # --------------------------------------------------------------------------- 10. singular
 
 
+# scipy's Cholesky sometimes "succeeds" on the exactly singular Gram with an rcond ~1e-17
+# LinAlgWarning instead of raising; the result must be optimal either way.
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 @given(
     st.integers(1, 8),
     st.integers(1, 6),
@@ -550,6 +580,21 @@ def test_joint_rescaling_scales_ridge_by_c_squared_and_leaves_s_unchanged(case, 
     assert other.residual == pytest.approx(base.residual, rel=1e-8, abs=1e-12)
     nm, nm_c = solve_merging(layer, kept, options), solve_merging(scaled, kept, options)
     np.testing.assert_allclose(nm_c.scaling, nm.scaling, rtol=1e-9, atol=0)
+
+
+@given(cases(), options_st)
+def test_regularisers_are_bias_weight_over_second_moment_and_relative_ridge(case, options):
+    """lam1 = bias_weight / mu2 with mu2 = median_i var_i / |w_i|^2 (1.0 without BN);
+    lam2 = ridge * trace(Wt_P Wt_P^T) / m."""
+    layer, kept = case.layer, case.kept
+    wt, _ = fold(layer.weight, layer.bias, layer.bn)
+    if layer.bn is None:
+        mu2 = 1.0
+    else:
+        mu2 = float(np.median(layer.bn.var / np.sum(layer.weight**2, axis=1)))
+    lam1, lam2 = regularisers(layer, kept, options)
+    assert lam1 == pytest.approx(options.bias_weight / mu2, rel=1e-12, abs=0)
+    assert lam2 == pytest.approx(options.ridge * np.trace(wt[kept] @ wt[kept].T) / len(kept))
 
 
 # --------------------------------------------------------------------------- 12. residuals

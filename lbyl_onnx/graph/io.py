@@ -43,21 +43,35 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+def check_output_path(
+    input_path: str | os.PathLike, output_path: str | os.PathLike, what: str = "output"
+) -> None:
     """Refuse an output that is the input (even through a link) or cannot be written."""
     out = Path(output_path)
     src = Path(input_path)
-    if out.exists() and src.exists() and out.samefile(src):
-        raise UsageError(f"output {out} is the input file; choose another path")
-    if out.resolve() == src.resolve():
-        raise UsageError(f"output {out} is the input file; choose another path")
+    same = out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src))
+    if same:
+        raise UsageError(f"{what} {out} is the input file; choose another path")
     folder = out.resolve().parent
     if not folder.is_dir():
-        raise UsageError(f"output folder does not exist: {folder}")
+        raise UsageError(f"{what} folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder is not writable: {folder}")
+        raise UsageError(f"{what} folder is not writable: {folder}")
     if out.is_dir():
-        raise UsageError(f"output is a directory: {out}")
+        raise UsageError(f"{what} is a directory: {out}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    target = Path(path).resolve()
+    handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 def save_model(

@@ -29,29 +29,28 @@ from .base import (
 def solve_merging(layer: LayerArrays, kept: np.ndarray, options: MethodOptions) -> Solution:
     """``S`` with one non-zero ``S[j, partner(j)] = |wt_j| / |wt_partner|`` per merged ``j``."""
     scaling = identity_rows(layer.channels, kept)
+    removed = removed_channels(layer.channels, kept)
+    lam1, _ = regularisers(layer, kept, options)
+    if len(removed) == 0:
+        return Solution(scaling, 0.0)
     wt, bt = layer.folded_weight, layer.folded_bias
     norms = np.sqrt(np.sum(wt**2, axis=1))
-    kept_norms = norms[kept]
-    usable = kept_norms > 0
-    merged = 0
-    removed = removed_channels(layer.channels, kept)
-    for j in removed:
-        if norms[j] == 0 or not np.any(usable):
-            continue
-        cos = np.full(len(kept), -np.inf)
-        cos[usable] = (wt[kept][usable] @ wt[j]) / (kept_norms[usable] * norms[j])
-        ratio = np.zeros(len(kept))
-        ratio[usable] = norms[j] / kept_norms[usable]
-        mismatch = np.abs(bt[j] - ratio * bt[kept])
-        spread = mismatch[usable].max() - mismatch[usable].min()
-        normalised = (mismatch - mismatch[usable].min()) / spread if spread > 0 else 0 * mismatch
-        cost = options.nm_lambda * (1.0 - cos) + (1.0 - options.nm_lambda) * normalised
-        cost[~usable] = np.inf
-        partner = int(np.argmin(cost))
-        if cos[partner] < options.nm_threshold:
-            continue
-        scaling[j, partner] = ratio[partner]
-        merged += 1
-    lam1, _ = regularisers(layer, kept, options)
-    notes = [f"merged {merged} of {len(removed)} removed channels"] if len(removed) else []
+    kept_norms, removed_norms = norms[kept], norms[removed]
+    usable = kept_norms > 0  # a zero filter cannot stand in for anything
+    safe_kept = np.where(usable, kept_norms, 1.0)
+    safe_removed = np.where(removed_norms > 0, removed_norms, 1.0)
+    cos = (wt[removed] @ wt[kept].T) / (safe_removed[:, None] * safe_kept[None, :])
+    ratio = removed_norms[:, None] / safe_kept[None, :]
+    mismatch = np.abs(bt[removed][:, None] - ratio * bt[kept][None, :])
+    masked = np.where(usable[None, :], mismatch, np.nan)
+    low = np.nanmin(masked, axis=1, keepdims=True) if usable.any() else 0.0
+    spread = (np.nanmax(masked, axis=1, keepdims=True) - low) if usable.any() else 1.0
+    normalised = np.where(spread > 0, (mismatch - low) / np.where(spread > 0, spread, 1.0), 0.0)
+    cost = options.nm_lambda * (1.0 - cos) + (1.0 - options.nm_lambda) * normalised
+    cost[:, ~usable] = np.inf
+    partner = np.argmin(cost, axis=1)
+    rows = np.arange(len(removed))
+    merge = usable.any() & (removed_norms > 0) & (cos[rows, partner] >= options.nm_threshold)
+    scaling[removed[merge], partner[merge]] = ratio[rows, partner][merge]
+    notes = [f"merged {int(merge.sum())} of {len(removed)} removed channels"]
     return Solution(scaling, relative_residual(layer, kept, scaling, lam1), notes)
