@@ -56,23 +56,35 @@ class GraphBuilder:
             self.initializers.append(numpy_helper.from_array(value, name))
         elif storage == "constant":
             tensor = numpy_helper.from_array(value, name)
-            self.nodes.append(helper.make_node("Constant", [], [name], name=f"{name}/const", value=tensor))
+            self.nodes.append(
+                helper.make_node("Constant", [], [name], name=f"{name}/const", value=tensor)
+            )
         elif storage == "identity":
             self.initializers.append(numpy_helper.from_array(value, f"{name}/raw"))
-            self.nodes.append(helper.make_node("Identity", [f"{name}/raw"], [name], name=f"{name}/id"))
+            self.nodes.append(
+                helper.make_node("Identity", [f"{name}/raw"], [name], name=f"{name}/id")
+            )
         elif storage == "constant_identity":
             tensor = numpy_helper.from_array(value, f"{name}/raw")
             self.nodes.append(
-                helper.make_node("Constant", [], [f"{name}/raw"], name=f"{name}/const", value=tensor)
+                helper.make_node(
+                    "Constant", [], [f"{name}/raw"], name=f"{name}/const", value=tensor
+                )
             )
-            self.nodes.append(helper.make_node("Identity", [f"{name}/raw"], [name], name=f"{name}/id"))
+            self.nodes.append(
+                helper.make_node("Identity", [f"{name}/raw"], [name], name=f"{name}/id")
+            )
         else:
             raise ValueError(storage)
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], output: str, name: str | None = None, **attrs):
+    def op(
+        self, op_type: str, inputs: Sequence[str], output: str, name: str | None = None, **attrs
+    ):
         """Add a node with one output; returns the output's name."""
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=name or output, **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), [output], name=name or output, **attrs)
+        )
         return output
 
     def input(self, name: str, shape: Sequence[int | str | None], elem: int = FLOAT) -> str:
@@ -255,7 +267,7 @@ def conv_net(
     n_last = channels[-1]
     head_k = 1 if size == 1 else k
     names = ["head"] if len(heads) == 1 else [f"head{j}" for j in range(len(heads))]
-    for name, head in zip(names, heads):
+    for name, head in zip(names, heads, strict=True):
         if head == "conv":
             a[f"{name}.W"] = random_filters(rng, out, n_last * head_k**2, (n_last, head_k, head_k))
         else:
@@ -280,7 +292,7 @@ def conv_net(
             if i + 1 < layers:
                 a[f"conv{i + 1}.W"] = a[f"conv{i + 1}.W"][:, p]
         p, blk = kept[layers - 1], size * size
-        for name, head in zip(names, heads):
+        for name, head in zip(names, heads, strict=True):
             w = a[f"{name}.W"]
             if head == "conv":
                 a[f"{name}.W"] = w[:, p]
@@ -300,7 +312,9 @@ def conv_net(
             inputs.append(g.const(f"conv{i}.b", a[f"conv{i}.b"]))
         x = g.op("Conv", inputs, f"z{i}", name=f"conv{i}", kernel_shape=[k, k], pads=pads)
         if bn == "kept":
-            bn_in = [g.const(f"bn{i}.{key}", a[f"bn{i}.{key}"]) for key in ("scale", "B", "mean", "var")]
+            bn_in = [
+                g.const(f"bn{i}.{key}", a[f"bn{i}.{key}"]) for key in ("scale", "B", "mean", "var")
+            ]
             x = g.op("BatchNormalization", [x, *bn_in], f"bn{i}", epsilon=1e-5)
         x = _activation(g, act, x, i, a, clip)
         for j, op in enumerate(between):
@@ -309,7 +323,7 @@ def conv_net(
                 attrs = {"kernel_shape": [2, 2], "strides": [2, 2]}
             x = g.op(op, [x], f"{op.lower()}{i}_{j}", **attrs)
     outs = ["y"] if len(heads) == 1 else [f"y{j}" for j in range(len(heads))]
-    for name, head, y in zip(names, heads, outs):
+    for name, head, y in zip(names, heads, outs, strict=True):
         w = g.const(f"{name}.W", a[f"{name}.W"])
         b = g.const(f"{name}.b", a[f"{name}.b"])
         if head == "conv":
@@ -348,6 +362,8 @@ def dense_net(
     beta: float = 1.0,
     bias_first: bool = False,
     slope_shape: str = "c",
+    bias_shape: str = "n",
+    sequence: int | None = None,
     opset: int = 17,
     ir_version: int | None = None,
     batch: int | str = "N",
@@ -356,13 +372,14 @@ def dense_net(
     delete: float | None = None,
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """``x [batch, features[0]]`` through one prunable fully connected layer per further entry
+    """``x [batch, features[0]]`` (``[batch, sequence, features[0]]`` when ``sequence`` is
+    given, MatMul only) through one prunable fully connected layer per further entry
     of ``features`` (``fc{i}``: ``Gemm`` with ``transB = trans_b``, ``alpha``, ``beta``, or
     ``MatMul`` then ``Add`` of the bias, the bias first when ``bias_first``), each followed by
     ``act`` and ``between``, then a head layer of the same kind to ``out`` features (``y``).
 
     Weights are stored as the op reads them: ``N x K`` for ``transB = 1``, ``K x N``
-    otherwise.
+    otherwise. Biases have shape ``[N]``, or ``[1, N]`` when ``bias_shape`` is ``1n``.
     """
     rng = np.random.default_rng(seed)
     a: dict[str, np.ndarray] = {}
@@ -378,6 +395,8 @@ def dense_net(
         rows = random_filters(rng, sizes[i + 1], sizes[i], (sizes[i],))
         a[f"{name}.W"] = stored(rows)
         a[f"{name}.b"] = (0.2 * rng.standard_normal(sizes[i + 1])).astype(np.float32)
+        if bias_shape == "1n":
+            a[f"{name}.b"] = a[f"{name}.b"].reshape(1, -1)
         if i < layers:
             a[f"act{i}.slope"] = slope_array(rng.uniform(0.05, 0.3, sizes[i + 1]), slope_shape)
     if params:
@@ -391,7 +410,7 @@ def dense_net(
         for i in range(layers):
             p = kept[i]
             a[f"fc{i}.W"] = stored(rows_of(a[f"fc{i}.W"])[p])
-            a[f"fc{i}.b"] = a[f"fc{i}.b"][p]
+            a[f"fc{i}.b"] = np.take(a[f"fc{i}.b"], p, axis=-1)
             axis = _slope_axis(slope_shape)
             if axis is not None:
                 a[f"act{i}.slope"] = np.take(a[f"act{i}.slope"], p, axis=axis)
@@ -399,7 +418,8 @@ def dense_net(
             a[f"{nxt}.W"] = stored(np.ascontiguousarray(rows_of(a[f"{nxt}.W"])[:, p]))
 
     g = GraphBuilder(opset, ir_version, storage)
-    x = g.input("x", [batch, features[0]])
+    lead = [batch] if sequence is None else [batch, sequence]
+    x = g.input("x", [*lead, features[0]])
     for i in range(layers + 1):
         name = f"fc{i}" if i < layers else "head"
         z = f"z{i}" if i < layers else "y"
@@ -414,7 +434,7 @@ def dense_net(
             x = _activation(g, act, x, i, a, _clip_spec(opset, 0.0, 6.0, None))
             for j, op in enumerate(between):
                 x = g.op(op, [x], f"{op.lower()}{i}_{j}")
-    g.output("y", [batch, out])
+    g.output("y", [*lead, out])
     return g.build()
 
 

@@ -10,12 +10,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
-from lbyl_onnx import list_units
-from lbyl_onnx.check import session
-from lbyl_onnx.graph.units import Declined, Unit
-
 from models import (
     STORAGES,
     GraphBuilder,
@@ -25,6 +19,11 @@ from models import (
     two_branches,
     weights_of,
 )
+from onnx import TensorProto, helper
+
+from lbyl_onnx import list_units
+from lbyl_onnx.check import session
+from lbyl_onnx.graph.units import Declined, Unit
 
 
 def valid(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -383,7 +382,9 @@ def test_flatten_with_axis_other_than_one_is_declined():
 
 
 def test_reshape_keeping_channels_apart_is_declined():
-    model = conv_net(channels=(3, 8), act="Relu", heads=("reshape_matmul",), reshape_target=(0, 8, -1))
+    model = conv_net(
+        channels=(3, 8), act="Relu", heads=("reshape_matmul",), reshape_target=(0, 8, -1)
+    )
     # MatMul now reads [N, 8, 36]: give it a 36 x 5 weight so the model stays valid
     w = np.random.default_rng(0).standard_normal((36, 5)).astype(np.float32)
     for i, t in enumerate(model.graph.initializer):
@@ -405,3 +406,20 @@ def test_gemm_reading_a_spatial_tensor_without_flatten_is_declined():
     units, declined = list_units(model)
     assert "conv0" not in {u.name for u in units}
     assert "Gemm" in {d.name: d for d in declined}["conv0"].reason
+
+
+def test_activation_read_inside_a_subgraph_is_declined():
+    model = conv_net(channels=(3, 8))
+    branches = {}
+    for tag in ("then", "else"):
+        out = f"{tag}_out"
+        branches[f"{tag}_branch"] = helper.make_graph(
+            [helper.make_node("Identity", ["act0"], [out])],
+            tag,
+            [],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 8, 6, 6])],
+        )
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["o"], name="if", **branches))
+    model.graph.output.append(helper.make_tensor_value_info("o", TensorProto.FLOAT, ["N", 8, 6, 6]))
+    assert_declined(model, "conv0", "subgraph", "If")

@@ -64,6 +64,13 @@ def take_channels(value: np.ndarray, kept: np.ndarray, channels: int, axis: int)
     return np.take(value, kept, axis=axis)
 
 
+def _reshape_target(target: np.ndarray, columns: int) -> np.ndarray:
+    """``[batch, N*block]`` -> ``[batch, m*block]``."""
+    flat = target.reshape(-1).copy()
+    flat[1] = columns
+    return flat.reshape(target.shape)
+
+
 def _channel_axis(value: np.ndarray, channels: int) -> int:
     """The axis of a per-channel vector (``[C]``, ``[C,1,1]``, ``[1,C,1,1]``, ``[1,C]``)."""
     return next(a for a, d in enumerate(value.shape) if d == channels)
@@ -106,6 +113,10 @@ class _Editor:
             operand.node.input[operand.index] = fresh
             detached.append(name)
         _remove_unread(model, detached)
+        present = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+        stale = [v for v in graph.value_info if v.name in detached and v.name not in present]
+        for info in stale:
+            graph.value_info.remove(info)
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -193,6 +204,9 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
         for operand in operands:
             axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
             editor.edit(operand, lambda v, k=kept, a=axis, c=n: take_channels(v, k, c, a))
+        m = len(kept)
+        for target, block in unit.reshapes:
+            editor.edit(target, lambda v, c=m * block: _reshape_target(v, c))
         for consumer in unit.consumers:
             editor.edit(
                 consumer.weight, lambda v, c=consumer, s=scaling: fold_into_consumer(c, v, s)

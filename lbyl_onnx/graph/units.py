@@ -79,6 +79,8 @@ class Unit:
     tensors: list[str]
     """Every tensor whose channel count changes (their recorded shapes go stale)."""
     arrays: LayerArrays
+    reshapes: list[tuple[Operand, int]] = field(default_factory=list)
+    """Reshape targets ``[batch, N*block]`` whose second entry becomes ``m*block``."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -212,8 +214,15 @@ def _match_bn(index: GraphIndex, node: onnx.NodeProto, n: int) -> tuple[list[Ope
     return params, float(attribute(node, "epsilon", 1e-5))
 
 
-def _match_activation(index: GraphIndex, node: onnx.NodeProto, n: int) -> Operand | None:
-    """Check an activation; return PRelu's slope when it must be sliced."""
+def _match_activation(
+    index: GraphIndex, node: onnx.NodeProto, n: int, channel_axis: int
+) -> Operand | None:
+    """Check an activation; return PRelu's slope when it must be sliced.
+
+    ``channel_axis`` is the channel axis of the activation's input counted from the end
+    (-1 for Gemm/MatMul outputs, ``-(rank - 1)`` for a Conv output): a per-channel slope must
+    broadcast onto it, e.g. ``[C,1,1]`` or ``[1,C,1,1]`` for a 4-D Conv output, not ``[C]``.
+    """
     if node.op_type == "Clip":
         low = attribute(node, "min") if index.opset < 11 else None
         if index.opset >= 11 and len(node.input) > 1 and node.input[1]:
@@ -231,8 +240,10 @@ def _match_activation(index: GraphIndex, node: onnx.NodeProto, n: int) -> Operan
         slope = _constant(index, node, 1, "PRelu slope")
         if slope.value.size == 1:
             return None
-        if slope.value.size != n or max(slope.value.shape) != n:
-            raise _Decline(f"PRelu slope of shape {list(slope.value.shape)} is not per-channel")
+        shape = slope.value.shape
+        aligned = len(shape) >= -channel_axis and shape[channel_axis] == n
+        if slope.value.size != n or not aligned:
+            raise _Decline(f"PRelu slope of shape {list(shape)} is not per-channel")
         return slope
     return None
 
@@ -258,11 +269,13 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     slope = None
     if reader is not None and reader.op_type in ACTIVATIONS:
         activation = reader
-        slope = _match_activation(index, activation, n)
+        channel_axis = -(weight.value.ndim - 1) if kind == "conv" else -1
+        slope = _match_activation(index, activation, n, channel_axis)
         tensor = activation.output[0]
         tensors.append(tensor)
     layout = "spatial" if kind == "conv" else "features"
-    consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes)
+    reshapes: list[tuple[Operand, int]] = []
+    consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
     arrays = LayerArrays(np.asarray(rows), np.asarray(b), bn_record)
     return Unit(
         name=node_name(producer),
@@ -277,6 +290,7 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         consumers=consumers,
         tensors=tensors,
         arrays=arrays,
+        reshapes=reshapes,
         notes=notes,
     )
 
@@ -294,24 +308,31 @@ def _flatten_block(tensor: str, shapes, n: int) -> int:
     return int(np.prod(spatial, dtype=np.int64))
 
 
-def _is_channel_major_reshape(index: GraphIndex, node: onnx.NodeProto, shapes, tensor: str) -> bool:
-    """A Reshape to ``[batch, -1]`` (or ``[0, -1]``, or ``[batch, C*h*w]``)."""
+def _flattening_reshape(
+    index: GraphIndex, node: onnx.NodeProto, shapes, tensor: str
+) -> Operand | None:
+    """Check a Reshape that flattens channel-major to ``[batch, C*h*w]``.
+
+    Accepted targets: ``[0 | -1 | batch, -1]`` (nothing to rewrite, returns None) and
+    ``[0 | -1 | batch, C*h*w]`` (returns the target, whose second entry must be rewritten).
+    """
     target = index.value(node.input[1]) if len(node.input) > 1 else None
-    if target is None or target.size != 2:
-        return False
     shape = shapes.get(tensor)
-    if shape is None or len(shape) < 2:
-        return False
+    if target is None or target.size != 2 or shape is None or len(shape) < 2:
+        raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
     first, second = (int(v) for v in target.reshape(-1))
-    if first not in (0, -1) and not (isinstance(shape[0], int) and first == shape[0]):
-        return False
-    if second == -1:
-        return first != -1
+    batch_ok = first in (0, -1) or (isinstance(shape[0], int) and first == shape[0])
+    if batch_ok and second == -1 and first != -1:
+        return None
     dims = shape[1:]
-    return all(isinstance(d, int) for d in dims) and second == int(np.prod(dims))
+    if batch_ok and all(isinstance(d, int) for d in dims) and second == int(np.prod(dims)):
+        if index.is_shared(node.input[1]):
+            raise _Decline(f"shape of Reshape '{node_name(node)}' is shared with another node")
+        return Operand(node, 1, target)
+    raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
 
 
-def _match_consumers(index, tensor, layout, n, shapes, tensors, notes) -> list[Consumer]:
+def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes) -> list[Consumer]:
     """Walk from the activation output through pass-through ops to the consumers.
 
     ``layout`` is ``spatial`` (channels on axis 1 of an N-D tensor), ``flat`` (after a
@@ -350,10 +371,12 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes) -> list[C
                 tensors.append(node.output[0])
                 frontier.append((node.output[0], "flat", _flatten_block(current, shapes, n)))
             elif op == "Reshape" and layout == "spatial":
-                if not _is_channel_major_reshape(index, node, shapes, current):
-                    raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
+                target = _flattening_reshape(index, node, shapes, current)
+                block = _flatten_block(current, shapes, n)
+                if target is not None:
+                    reshapes.append((target, block))
                 tensors.append(node.output[0])
-                frontier.append((node.output[0], "flat", _flatten_block(current, shapes, n)))
+                frontier.append((node.output[0], "flat", block))
             elif op == "Conv" and layout == "spatial":
                 consumers.append(_conv_consumer(index, node, n))
             elif op in ("Gemm", "MatMul") and layout in ("flat", "features"):

@@ -13,6 +13,8 @@ factorisation; a least-squares solve takes over if it is singular.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 
@@ -39,9 +41,11 @@ def lbyl_coefficients(
     gram = wp @ wp.T + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
     rhs = wp @ wt[removed].T + lam1 * np.outer(bp, bt[removed])
     try:
-        solution = scipy.linalg.solve(gram, rhs, assume_a="pos")
+        with warnings.catch_warnings():  # an ill-conditioned solve warns instead of raising
+            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+            solution = scipy.linalg.solve(gram, rhs, assume_a="pos")
         cholesky = True
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
         solution = scipy.linalg.lstsq(gram, rhs)[0]
         cholesky = False
     return solution.T, cholesky
