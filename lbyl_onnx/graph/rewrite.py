@@ -41,20 +41,23 @@ class Plan:
 
 
 def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarray) -> np.ndarray:
-    """``V'[o, t, ...] = sum_i S[i, t] V[o, i, ...]`` in the consumer's own weight layout."""
+    """``V'[o, t, ...] = sum_i S[i, t] V[o, i, ...]`` in the consumer's own weight layout.
+
+    Computed as one matrix product with the channel axis last (BLAS, not ``einsum``).
+    """
     v = weight.astype(np.float64)
     n, m = scaling.shape
-    if consumer.kind == "conv":
-        folded = np.einsum("oi...,it->ot...", v, scaling)
+    if consumer.kind == "conv":  # O x N x k...
+        folded = np.moveaxis(np.moveaxis(v, 1, -1) @ scaling, -1, 1)
     elif consumer.transposed:  # Gemm transB: O x (N*block)
         o = v.shape[0]
-        folded = np.einsum("oip,it->otp", v.reshape(o, n, consumer.block), scaling)
-        folded = folded.reshape(o, m * consumer.block)
+        blocks = v.reshape(o, n, consumer.block).transpose(0, 2, 1)  # O x block x N
+        folded = (blocks @ scaling).transpose(0, 2, 1).reshape(o, m * consumer.block)
     else:  # (N*block) x O
         o = v.shape[1]
-        folded = np.einsum("ipo,it->tpo", v.reshape(n, consumer.block, o), scaling)
-        folded = folded.reshape(m * consumer.block, o)
-    return folded.astype(weight.dtype)
+        blocks = v.reshape(n, consumer.block * o)  # N x (block*O)
+        folded = (scaling.T @ blocks).reshape(m * consumer.block, o)
+    return np.ascontiguousarray(folded).astype(weight.dtype)
 
 
 def take_channels(value: np.ndarray, kept: np.ndarray, channels: int, axis: int) -> np.ndarray:
@@ -157,24 +160,34 @@ def _replace_listed_initializer(model: onnx.ModelProto, name: str, value: np.nda
 
 def _remove_unread(model: onnx.ModelProto, detached: list[str]) -> None:
     """Remove the initializers, ``Constant`` and ``Identity`` nodes no longer read by anything."""
+    index = GraphIndex(model)
+    readers = {name: len(found) for name, found in index.readers.items()}
+    dead_nodes: set[str] = set()  # by first output
+    dead_initializers: set[str] = set()
     pending = list(detached)
     while pending:
-        index = GraphIndex(model)
         name = pending.pop()
-        if index.readers.get(name) or name in index.graph_outputs:
+        if readers.get(name, 0) or name in index.graph_outputs:
             continue
         if name in index.initializers and name not in index.graph_inputs:
-            kept = [t for t in model.graph.initializer if t.name != name]
-            del model.graph.initializer[:]
-            model.graph.initializer.extend(kept)
+            dead_initializers.add(name)
             continue
         node = index.producer.get(name)
-        if node is not None and node.op_type in ("Constant", "Identity"):
-            if any(index.readers.get(o) for o in node.output):
-                continue
-            model.graph.node.remove(node)
-            if node.op_type == "Identity":
-                pending.append(node.input[0])
+        if node is None or node.op_type not in ("Constant", "Identity"):
+            continue
+        if any(readers.get(o, 0) for o in node.output) or node.output[0] in dead_nodes:
+            continue
+        dead_nodes.add(node.output[0])
+        if node.op_type == "Identity":
+            readers[node.input[0]] = readers.get(node.input[0], 0) - 1
+            pending.append(node.input[0])
+    graph = model.graph
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name in dead_initializers:
+            del graph.initializer[i]
+    for i in reversed(range(len(graph.node))):
+        if graph.node[i].output and graph.node[i].output[0] in dead_nodes:
+            del graph.node[i]
 
 
 def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
