@@ -63,9 +63,15 @@ class PruneConfig:
         return self
 
 
-def summarize(model: onnx.ModelProto) -> ModelSummary:
-    """Parameters, MACs at batch 1 (unknown dimensions set to 1), bytes and op counts."""
-    shapes = infer_shapes(model, static_input_dims(model, 1))
+def summarize(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
+) -> ModelSummary:
+    """Parameters, MACs (at ``input_shapes`` with batch 1, else every unknown dimension 1),
+    serialized bytes and op counts."""
+    dims = static_input_dims(model, 1)
+    for name, shape in (input_shapes or {}).items():
+        dims[name] = [1, *shape[1:]] if shape else shape
+    shapes = infer_shapes(model, dims)
     return ModelSummary(
         parameters=count_parameters(model),
         macs=count_macs(model, shapes),
@@ -152,6 +158,7 @@ def prune(
         )
     if not units:
         warnings.append("no prunable unit found: the model is unchanged")
+    measured_shapes = config.input_shapes or (validation.input_shapes if validation else None)
     report = Report(
         tool_version=__version__,
         method=config.method,
@@ -159,8 +166,8 @@ def prune(
         ratio=config.ratio,
         units=records,
         declined=declined,
-        before=summarize(original),
-        after=summarize(work),
+        before=summarize(original, measured_shapes),
+        after=summarize(work, measured_shapes),
         validation=validation,
         warnings=warnings,
     )

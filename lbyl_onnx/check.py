@@ -53,6 +53,8 @@ class Validation:
     inputs: str
     message: str = ""
     outputs: list[OutputMetrics] = field(default_factory=list)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """The shapes the original ran on (reused to count MACs of dynamic models)."""
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -169,6 +171,8 @@ def validate(
         else:
             feeds = random_inputs(original, check_n, seed, input_shapes, guess)
             source = f"{check_n} seeded random normal samples"
+            if guess != 1 or _has_unknown_non_batch_dims(original, input_shapes):
+                source += f", unknown dimensions set to {guess} (pass --input-shape)"
         try:
             reference = reference_session.run(names, feeds)
             break
@@ -197,7 +201,20 @@ def validate(
         if np.issubdtype(ref.dtype, np.floating) and np.any(~np.isfinite(out) & np.isfinite(ref)):
             return Validation("failed", inputs, f"output '{name}' has NaN or Inf")
         metrics.append(compare(name, ref, out))
-    return Validation("passed", inputs, "", metrics)
+    shapes = {name: list(value.shape) for name, value in feeds.items()}
+    return Validation("passed", inputs, "", metrics, shapes)
+
+
+def _has_unknown_non_batch_dims(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None
+) -> bool:
+    for entry in real_inputs(model):
+        if input_shapes and entry.name in input_shapes:
+            continue
+        dims = declared_dims(entry.type) or []
+        if any(not (isinstance(d, int) and d > 0) for d in dims[1:]):
+            return True
+    return False
 
 
 def _line(error: BaseException | None) -> str:

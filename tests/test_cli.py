@@ -543,3 +543,33 @@ def test_input_data_that_does_not_fit_the_model_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert needle in result.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- external data
+
+
+def test_save_as_external_data_writes_weights_beside_out(vgg: Path) -> None:
+    out = vgg.parent / "out.onnx"
+    result = run(vgg, out, "--save-as-external-data", "--method", "prune")
+    assert result.exit_code == 0, result.output
+    data = vgg.parent / "out.onnx.data"
+    assert data.is_file() and data.stat().st_size > out.stat().st_size
+    model = onnx.load(str(out), load_external_data=False)
+    locations = {
+        entry.value
+        for init in model.graph.initializer
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    assert locations == {"out.onnx.data"}
+    # the pair is a valid, runnable model, equal to the one written without external data
+    inline = vgg.parent / "inline.onnx"
+    assert run(vgg, inline, "--method", "prune").exit_code == 0
+    x = digits_inputs()[:16]
+    np.testing.assert_array_equal(run_in_ort(out, x), run_in_ort(inline, x))
+    assert sorted(p.name for p in vgg.parent.iterdir()) == [
+        "in.onnx",
+        "inline.onnx",
+        "out.onnx",
+        "out.onnx.data",
+    ]
