@@ -57,7 +57,12 @@ class BenchModel:
         return self.path.exists()
 
     def run(self, model: onnx.ModelProto | str, n: int) -> np.ndarray:
-        """Output ``self.output`` on the first ``n`` evaluation inputs, in batches."""
+        """Output ``self.output`` on the first ``n`` evaluation inputs, in batches.
+
+        A labelled split is always used whole (``n`` is for generated photo inputs).
+        """
+        if self.kind == "labels":
+            n = len(self.labels)
         feeds = self.inputs(n)
         sess = session(model if isinstance(model, onnx.ModelProto) else str(model))
         name = sess.get_outputs()[self.output].name
@@ -81,7 +86,7 @@ class BenchModel:
         ref = self.reference(n)
         out = self.run(model, n)
         if self.kind == "labels":
-            labels = self.labels[:n]
+            labels = self.labels
             return {
                 "accuracy": float(np.mean(out.argmax(1) == labels)),
                 "original": float(np.mean(ref.argmax(1) == labels)),
