@@ -34,9 +34,10 @@ def infer_shapes(
     """Shapes of every tensor ONNX shape inference can reach (the model is not changed).
 
     ``fixed_inputs`` replaces the declared shapes of graph inputs (e.g. batch 1) first.
+    Inference runs on a light copy: large floating-point initializers are replaced by graph
+    inputs of the same type and shape, so no weight is copied or serialized.
     """
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = _without_large_weights(model)
     for entry in work.graph.input:
         if fixed_inputs and entry.name in fixed_inputs:
             dims = entry.type.tensor_type.shape.dim
@@ -54,6 +55,28 @@ def infer_shapes(
     for init in graph.initializer:
         shapes[init.name] = [int(d) for d in init.dims]
     return shapes
+
+
+def _without_large_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelProto:
+    """A copy whose floating-point initializers over ``limit`` elements are graph inputs."""
+    light = onnx.ModelProto()
+    graph = model.graph
+    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import))
+    light.graph.name = graph.name
+    light.graph.node.extend(graph.node)
+    light.graph.output.extend(graph.output)
+    light.graph.value_info.extend(graph.value_info)
+    listed = {entry.name for entry in graph.input}
+    light.graph.input.extend(graph.input)
+    for init in graph.initializer:
+        if init.data_type in _FLOAT_TYPES and np.prod(init.dims, dtype=np.int64) > limit:
+            if init.name not in listed:
+                light.graph.input.append(
+                    onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                )
+        else:
+            light.graph.initializer.append(init)
+    return light
 
 
 def static_input_dims(model: onnx.ModelProto, value: int = 1) -> dict[str, list[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -46,14 +47,14 @@ class LayerArrays:
     def channels(self) -> int:
         return int(self.weight.shape[0])
 
-    @property
+    @cached_property
     def folded_weight(self) -> np.ndarray:
         w = self.weight.astype(np.float64)
         if self.bn is None:
             return w
         return self.bn.rho[:, None] * w
 
-    @property
+    @cached_property
     def folded_bias(self) -> np.ndarray:
         b = self.bias.astype(np.float64)
         if self.bn is None:
