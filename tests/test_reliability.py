@@ -117,3 +117,79 @@ def test_weights_with_nan_are_declined_not_propagated(tmp_path: Path) -> None:
     assert "conv2 (Conv): weight 'conv2.weight' contains NaN or Inf" in result.output
     # conv1 reads into conv2, whose weight must absorb S: conv1 is declined too
     assert "conv1 (Conv): consumer weight 'conv2.weight' contains NaN or Inf" in result.output
+
+
+def _custom_op_model() -> onnx.ModelProto:
+    """The digits VGG whose logits go through a custom-domain op onnxruntime does not know."""
+    model = onnx.load(str(VGG))
+    graph = model.graph
+    for node in graph.node:
+        if node.name == "fc2":
+            node.output[0] = "raw_logits"
+    graph.node.append(
+        onnx.helper.make_node("Scale", ["raw_logits"], ["logits"], "custom", domain="com.example")
+    )
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return model
+
+
+def test_custom_op_outside_units_still_prunes_and_exits_4(tmp_path: Path) -> None:
+    path, out = tmp_path / "custom.onnx", tmp_path / "out.onnx"
+    onnx.save(_custom_op_model(), str(path))
+    result = CliRunner().invoke(main, [str(path), str(out)])
+    assert result.exit_code == 4, result.output
+    assert "validation could not run" in result.output
+    pruned = onnx.load(str(out))
+    assert next(n for n in pruned.graph.node if n.domain == "com.example").input == ["raw_logits"]
+    weights = {t.name: t.dims for t in pruned.graph.initializer}
+    assert any(name.startswith("conv1.weight") and dims[0] == 11 for name, dims in weights.items())
+
+
+def test_model_failing_the_checker_is_a_usage_error(tmp_path: Path) -> None:
+    model = onnx.load(str(VGG))
+    model.graph.node[1].input[0] = "no_such_tensor"  # bn1 reads a tensor nothing produces
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = CliRunner().invoke(main, [str(path), str(tmp_path / "out.onnx")])
+    assert result.exit_code == 2
+    assert "fails the ONNX checker" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_read_only_output_folder_is_a_usage_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests may run as root, which ignores permissions: the access check is simulated."""
+    real_access = lbyl_onnx.graph.io.os.access
+    folder = workdir / "locked"
+    folder.mkdir()
+
+    def access(path, mode):
+        if Path(path) == folder and mode == lbyl_onnx.graph.io.os.W_OK:
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(lbyl_onnx.graph.io.os, "access", access)
+    result = CliRunner().invoke(main, [str(workdir / "in.onnx"), str(folder / "out.onnx")])
+    assert result.exit_code == 2
+    assert "not writable" in result.output
+    assert list(folder.iterdir()) == []
+
+
+def test_nothing_prunable_writes_the_model_unchanged_with_a_warning(tmp_path: Path) -> None:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])
+    w = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "w"], ["z"], "conv"),
+        onnx.helper.make_node("Sigmoid", ["z"], ["s"], "sigmoid"),
+        onnx.helper.make_node("Mul", ["z", "s"], ["y"], "silu"),
+    ]
+    graph = onnx.helper.make_graph(nodes, "silu", [x], [y], [w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path, out = tmp_path / "silu.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(path))
+    result = CliRunner().invoke(main, [str(path), str(out)])
+    assert result.exit_code == 0
+    assert "no prunable unit found: the model is unchanged" in result.output
+    assert onnx.load(str(out)) == onnx.load(str(path))
