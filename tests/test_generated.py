@@ -13,7 +13,7 @@ finiteness) and, for plain pruning, the same chain rebuilt here with the channel
 hand (L2 norms of the producers' raw filters computed here, ties kept at the lower index).
 Only *which* producers are units is taken from the tool (``list_units``).
 
-``GENERATED_EXAMPLES`` overrides the example count (default 300, 20000 with the ``long``
+``GENERATED_EXAMPLES`` overrides the example count (default 1000, 20000 with the ``long``
 hypothesis profile).
 """
 
@@ -31,10 +31,9 @@ from hypothesis import strategies as st
 from models import STORAGES, GraphBuilder, _activation, conv_net, random_filters
 
 from lbyl_onnx import list_units, prune
-from lbyl_onnx.errors import RewriteError
 
 _LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "20000" if _LONG else "300"))
+EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "20000" if _LONG else "1000"))
 DECLINE_EXAMPLES = max(20, EXAMPLES // 5)
 
 IR_FOR_OPSET = {11: (6, 7), 13: (7, 8), 17: (8,), 21: (10,)}
@@ -168,9 +167,11 @@ def chains(draw, kind: str = "plain") -> Chain:
         channels = out
     head = draw(st.sampled_from(["conv", "two_conv", "gap_gemm", "flatten_matmul"]))
     heads = 2 if head == "two_conv" else 1
-    storage, listed, infer = draw(st.sampled_from(STORAGES)), draw(st.booleans()), draw(st.booleans())
-    if storage == "identity" and listed:  # known bug, see test_listed_initializer_behind_identity
-        infer = False
+    storage, listed, infer = (
+        draw(st.sampled_from(STORAGES)),
+        draw(st.booleans()),
+        draw(st.booleans()),
+    )
     return Chain(
         opset=opset,
         ir=ir,
@@ -263,6 +264,7 @@ def build(chain: Chain, a: dict[str, np.ndarray]) -> onnx.ModelProto:
             x = g.op(layer.between, [x], f"{layer.between.lower()}{i}")
     hs, ws = final_size(chain)
     out, batch = chain.head_out, chain.batch
+
     def bias(j: int) -> list[str]:
         return [g.const(f"head{j}.b", a[f"head{j}.b"])] if chain.head_bias else []
 
@@ -391,16 +393,6 @@ def same_interface(pruned: onnx.ModelProto, model: onnx.ModelProto) -> None:
     assert [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
 
 
-def missed_units(chain: Chain) -> set[str]:
-    """Producers the tool declines although LBYL.md section 1 allows them (known, see
-    :func:`test_two_consumers_without_activation_is_a_unit`): a last Conv with no activation
-    and nothing between it and two Conv heads (its output or its BN's is read twice)."""
-    last = chain.layers[-1]
-    if chain.head == "two_conv" and last.act is None and last.between is None:
-        return {f"conv{len(chain.layers) - 1}"}
-    return set()
-
-
 def check_pruned(chain: Chain, method: str, ratio: float) -> None:
     """Every property of one generated model, method and ratio (see the module docstring)."""
     model, a, expected = original_or_skip(chain)
@@ -410,7 +402,8 @@ def check_pruned(chain: Chain, method: str, ratio: float) -> None:
     names = {u.name for u in units}
     note(f"units: {sorted(names)}")
     # every producer of the chain is a unit (LBYL.md section 1); the heads are graph outputs
-    assert names == {f"conv{i}" for i in range(len(chain.layers))} - missed_units(chain)
+    producers = {f"conv{i}" for i in range(len(chain.layers))}
+    assert names == producers
 
     removed = sum(u.channels - max(1, int(u.channels * (1 - ratio) + 1e-9)) for u in units)
     event(f"{method}, {'ratio 0' if ratio == 0 else 'channels removed' if removed else 'none'}")
@@ -475,13 +468,6 @@ def _plain_oracle_matches(model: onnx.ModelProto, expected: onnx.ModelProto, rat
     assert_close(run(pruned, feeds), run(expected, feeds), atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RewriteError,
-    reason="an initializer listed as a graph input and read through an Identity is replaced in "
-    "place, but the value_info recorded for the Identity's output keeps the old shape, so the "
-    "rewritten model fails the ONNX checker (RewriteError)",
-)
 def test_listed_initializer_behind_identity_with_recorded_shape() -> None:
     """x[N,1,6,6] -> Conv(W = Identity(W/raw), W/raw [2,1,1,1] also a graph input) -> Conv head;
     value_info records conv0.W as [2,1,1,1]: pruning one channel fails the checker with
@@ -492,12 +478,6 @@ def test_listed_initializer_behind_identity_with_recorded_shape() -> None:
     _plain_oracle_matches(model, conv_net(**options, delete=0.5), 0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a producer with no activation whose output (or BatchNormalization output) is read "
-    "by two Conv consumers is declined ('read by several nodes'), although the same unit with "
-    "an activation, or with one consumer, is accepted (LBYL.md section 1, units.py diagram)",
-)
 @pytest.mark.parametrize("bn", ["none", "kept"])
 def test_two_consumers_without_activation_is_a_unit(bn: str) -> None:
     """x[N,1,6,6] -> conv0 (2 channels, 1x1) -> [BN] -> {head0: Conv, head1: Conv}."""

@@ -90,9 +90,11 @@ class _Editor:
         current = self.edits.get(key, (operand, operand.value))[1]
         self.edits[key] = (operand, change(current))
 
-    def write(self, model: onnx.ModelProto) -> None:
+    def write(self, model: onnx.ModelProto) -> set[str]:
+        """Write every edited value; return the tensor names whose shape changed."""
+        changed: set[str] = set()
         if not self.edits:
-            return
+            return changed
         index = GraphIndex(model)
         graph = model.graph
         names = _all_names(model)
@@ -102,6 +104,7 @@ class _Editor:
             source = index.source(name)
             if source is None:  # matched as constant before: cannot happen
                 raise RuntimeError(f"operand '{name}' is no longer a constant")
+            changed.update([name, source.name, *(hop.output[0] for hop in source.hops)])
             if source.kind == "initializer" and source.name in index.graph_inputs:
                 _replace_listed_initializer(model, source.name, value)
                 continue
@@ -120,6 +123,7 @@ class _Editor:
         stale = [v for v in graph.value_info if v.name in detached and v.name not in present]
         for info in stale:
             graph.value_info.remove(info)
+        return changed
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -225,7 +229,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
                 consumer.weight, lambda v, c=consumer, s=scaling: fold_into_consumer(c, v, s)
             )
         stale.update(unit.tensors)
-    editor.write(model)
+    stale.update(editor.write(model))
     kept_info = [v for v in model.graph.value_info if v.name not in stale]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept_info)

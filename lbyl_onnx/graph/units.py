@@ -12,7 +12,7 @@ activation or a pass-through op is one entry in the tables below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -60,6 +60,11 @@ class Consumer:
     weight: Operand
     block: int = 1
     transposed: bool = False
+    channels_tensor: str = ""
+    """The tensor holding the unit's channels right before this consumer (before a flatten)."""
+    bias: Operand | None = None
+    """The consumer's bias (Conv input 2, Gemm C, the constant of an Add after a MatMul)."""
+    bias_add: onnx.NodeProto | None = None
 
 
 @dataclass
@@ -81,6 +86,9 @@ class Unit:
     arrays: LayerArrays
     reshapes: list[tuple[Operand, int]] = field(default_factory=list)
     """Reshape targets ``[batch, N*block]`` whose second entry becomes ``m*block``."""
+    record: str = ""
+    """Where the channels ``S`` acts on can be observed: the tensor every consumer reads
+    (before any flatten), else the activation output."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -145,14 +153,14 @@ def _constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Ope
 
 
 def _next(index: GraphIndex, tensor: str) -> onnx.NodeProto | None:
-    """The sole reader of ``tensor`` (decline if it is a graph output or read twice)."""
+    """The sole reader of ``tensor``; None if there are several or none (the consumer walk
+    then decides), decline if it is a graph output."""
     if tensor in index.graph_outputs:
         raise _Decline(f"'{tensor}' is a graph output")
     readers = index.readers.get(tensor, [])
-    if len(readers) > 1:
-        ops = ", ".join(sorted({r.node.op_type for r in readers}))
-        raise _Decline(f"'{tensor}' is read by several nodes ({ops})")
-    return readers[0].node if readers and readers[0].index >= 0 else None
+    if len(readers) != 1 or readers[0].index < 0:
+        return None
+    return readers[0].node
 
 
 def _match_producer(index: GraphIndex, node: onnx.NodeProto):
@@ -277,6 +285,8 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     reshapes: list[tuple[Operand, int]] = []
     consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
     arrays = LayerArrays(np.asarray(rows), np.asarray(b), bn_record)
+    reads = {c.channels_tensor for c in consumers}
+    record = reads.pop() if len(reads) == 1 else tensor
     return Unit(
         name=node_name(producer),
         producer=producer,
@@ -291,6 +301,7 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         tensors=tensors,
         arrays=arrays,
         reshapes=reshapes,
+        record=record,
         notes=notes,
     )
 
@@ -340,9 +351,11 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
     on the last axis, the output of a Gemm/MatMul).
     """
     consumers: list[Consumer] = []
-    frontier = [(tensor, layout, 1)]
+    frontier = [(tensor, layout, 1, tensor)]
     while frontier:
-        current, layout, block = frontier.pop(0)
+        current, layout, block, channels = frontier.pop(0)
+        if layout != "flat":
+            channels = current
         if current in index.graph_outputs:
             raise _Decline(f"'{current}' is a graph output")
         readers = index.readers.get(current, [])
@@ -364,26 +377,48 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
                 if op in APPROXIMATE_PASS_THROUGH:
                     notes.append(f"{op} between activation and consumer: compensation approximate")
                 tensors.append(node.output[0])
-                frontier.append((node.output[0], layout, block))
+                frontier.append((node.output[0], layout, block, channels))
             elif op == "Flatten" and layout == "spatial":
                 if attribute(node, "axis", 1) != 1:
                     raise _Decline(f"Flatten '{node_name(node)}' with axis != 1")
                 tensors.append(node.output[0])
-                frontier.append((node.output[0], "flat", _flatten_block(current, shapes, n)))
+                block = _flatten_block(current, shapes, n)
+                frontier.append((node.output[0], "flat", block, channels))
             elif op == "Reshape" and layout == "spatial":
                 target = _flattening_reshape(index, node, shapes, current)
                 block = _flatten_block(current, shapes, n)
                 if target is not None:
                     reshapes.append((target, block))
                 tensors.append(node.output[0])
-                frontier.append((node.output[0], "flat", block))
+                frontier.append((node.output[0], "flat", block, channels))
             elif op == "Conv" and layout == "spatial":
-                consumers.append(_conv_consumer(index, node, n))
+                consumers.append(_with_bias(index, _conv_consumer(index, node, n), channels))
             elif op in ("Gemm", "MatMul") and layout in ("flat", "features"):
-                consumers.append(_dense_consumer(index, node, n, block))
+                consumer = _dense_consumer(index, node, n, block)
+                consumers.append(_with_bias(index, consumer, channels))
             else:
                 raise _Decline(f"'{current}' is read by {op} '{node_name(node)}'")
     return consumers
+
+
+def _with_bias(index: GraphIndex, consumer: Consumer, channels: str) -> Consumer:
+    """The consumer with the tensor it reads the channels from, and its bias if it has one
+    that only it reads (a bias correction can then be folded into it)."""
+    node = consumer.node
+    bias, bias_add = None, None
+    try:
+        if consumer.kind in ("conv", "gemm") and len(node.input) > 2 and node.input[2]:
+            bias = _constant(index, node, 2, "consumer bias")
+        elif consumer.kind == "matmul":
+            reader = _next(index, node.output[0])
+            if reader is not None and reader.op_type == "Add":
+                other = 1 if reader.input[0] == node.output[0] else 0
+                value = index.value(reader.input[other])
+                if value is not None and value.ndim <= 2:
+                    bias, bias_add = _constant(index, reader, other, "consumer bias"), reader
+    except _Decline:
+        bias, bias_add = None, None
+    return replace(consumer, channels_tensor=channels, bias=bias, bias_add=bias_add)
 
 
 def _conv_consumer(index: GraphIndex, node: onnx.NodeProto, n: int) -> Consumer:

@@ -107,6 +107,9 @@ class Solution:
     scaling: np.ndarray
     residual: float
     notes: list[str] = field(default_factory=list)
+    offsets: np.ndarray | None = None
+    """Per channel, the constant part of a removed channel that ``S`` does not carry and the
+    consumers' biases absorb (bias correction); None when the method has none."""
 
 
 def identity_rows(channels: int, kept: np.ndarray) -> np.ndarray:
