@@ -89,7 +89,7 @@ class MethodOptions:
     """
 
     bias_weight: float = 1.0
-    ridge: float = 0.05
+    ridge: float = 0.3
     nm_threshold: float = 0.1
     nm_lambda: float = 0.85
 
