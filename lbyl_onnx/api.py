@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .check import Validation, input_problems, validate
+from .check import Validation, input_problems, real_inputs, validate
 from .errors import RewriteError, UsageError, ValidationFailed
 from .graph.io import check_output_path, load_model, save_model
+from .graph.record import record_statistics
 from .graph.rewrite import Plan, apply_plans
 from .graph.shapes import (
     count_macs,
@@ -25,6 +26,7 @@ from .graph.shapes import (
 )
 from .graph.units import Declined, Unit, find_units
 from .methods import CRITERIA, METHODS, MethodOptions, choose_kept
+from .methods.calibrated import mean_offsets, solve_calibrated
 from .report import ModelSummary, Report, UnitRecord
 
 
@@ -47,6 +49,8 @@ class PruneConfig:
     seed: int = 0
     input_shapes: dict[str, list[int]] | None = None
     input_data: dict[str, np.ndarray] | None = None
+    calibration_data: dict[str, np.ndarray] | None = None
+    calibration_ridge: float = 1e-3
 
     def validated(self) -> PruneConfig:
         """Raise :class:`UsageError` for an option outside its domain."""
@@ -107,6 +111,13 @@ def prune(
     config = (config or PruneConfig(**options)).validated()
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     problems = input_problems(original, config.input_data, config.input_shapes)
+    if config.calibration_data:
+        names = [i.name for i in real_inputs(original)]
+        missing = [n for n in names if n not in config.calibration_data]
+        if missing:
+            raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
+        calibration = {n: config.calibration_data[n] for n in names}
+        problems += input_problems(original, calibration, None, "--calibration-data")
     if problems:
         raise UsageError(problems[0])
     work = onnx.ModelProto()
@@ -115,6 +126,9 @@ def prune(
 
     units, declined = find_units(work, infer_shapes(work))
     warnings = _unmatched_patterns(config, units, declined)
+    statistics = None
+    if config.calibration_data and units:
+        statistics = record_statistics(original, units, calibration)
 
     plans: list[Plan] = []
     records: list[UnitRecord] = []
@@ -126,8 +140,14 @@ def prune(
             continue
         ratio = next((r for p, r in config.ratio_for if _matches(unit.name, p)), config.ratio)
         kept = choose_kept(unit.arrays.weight, ratio, config.criterion)
-        solution = METHODS[config.method](unit.arrays, kept, config.options)
-        plans.append(Plan(unit, kept, solution.scaling))
+        if statistics is None:
+            solution = METHODS[config.method](unit.arrays, kept, config.options)
+        elif config.method == "lbyl":
+            solution = solve_calibrated(statistics[unit.name], kept, config.calibration_ridge)
+        else:
+            solution = METHODS[config.method](unit.arrays, kept, config.options)
+            solution.offsets = mean_offsets(statistics[unit.name], solution.scaling, kept)
+        plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
         records.append(
             UnitRecord(
                 name=unit.name,
@@ -162,6 +182,7 @@ def prune(
     report = Report(
         tool_version=__version__,
         method=config.method,
+        mode=_mode(config),
         criterion=config.criterion,
         ratio=config.ratio,
         units=records,
@@ -189,6 +210,14 @@ def prune_file(
     model, report = prune(load_model(input_path), config, progress)
     save_model(model, output_path, external_data=save_as_external_data)
     return report
+
+
+def _mode(config: PruneConfig) -> str:
+    if not config.calibration_data:
+        return "data-free"
+    count = len(next(iter(config.calibration_data.values())))
+    solved = "activation-space least squares" if config.method == "lbyl" else config.method
+    return f"calibrated on {count} samples ({solved} + bias correction)"
 
 
 def _unmatched_patterns(

@@ -226,6 +226,7 @@ def input_problems(
     model: onnx.ModelProto,
     input_data: dict[str, np.ndarray] | None,
     input_shapes: dict[str, list[int]] | None,
+    data_flag: str = "--input-data",
 ) -> list[str]:
     """What is wrong with user-given inputs or shapes for this model (empty if nothing).
 

@@ -29,6 +29,7 @@ Examples:
   lbyl-onnx model.onnx small.onnx --ratio 0.2 --method nm
   lbyl-onnx model.onnx small.onnx --exclude 'stem*' --ratio-for 'layer4*=0.5'
   lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
+  lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
   lbyl-onnx model.onnx --list                         # what would be pruned, and why not
 
 \b
@@ -82,6 +83,21 @@ def _load_input_data(text: str) -> tuple[str, np.ndarray]:
     except (OSError, ValueError) as error:
         raise UsageError(f"--input-data {path} is not a readable NumPy file: {error}") from error
     return name, np.asarray(data)
+
+
+def _load_calibration(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise UsageError(f"--calibration-data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"--calibration-data {path} is not a readable .npz file: {error}"
+        ) from error
+    if not arrays or len({len(a) for a in arrays.values()}) != 1:
+        raise UsageError(f"--calibration-data {path} needs arrays with the same number of samples")
+    return arrays
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,6 +162,14 @@ def _load_input_data(text: str) -> tuple[str, np.ndarray]:
     help="Real samples for validation instead of random ones.",
 )
 @click.option(
+    "--calibration-data",
+    "calibration_path",
+    metavar="FILE.npz",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Unlabelled, preprocessed samples (arrays named like the inputs): solve the "
+    "compensation from measured activations, with bias correction.",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -175,6 +199,7 @@ def main(
     check_n,
     input_shape,
     input_data,
+    calibration_path,
     report_path,
     save_as_external_data,
     list_only,
@@ -201,6 +226,7 @@ def main(
             check_n,
             input_shape,
             input_data,
+            calibration_path,
             report_path,
             save_as_external_data,
             list_only,
@@ -237,6 +263,7 @@ def _run(
     check_n,
     input_shape,
     input_data,
+    calibration_path,
     report_path,
     save_as_external_data,
     list_only,
@@ -276,6 +303,7 @@ def _run(
         check_n=check_n,
         input_shapes=dict(_parse_shape(t) for t in input_shape) or None,
         input_data=dict(_load_input_data(t) for t in input_data) or None,
+        calibration_data=_load_calibration(calibration_path) if calibration_path else None,
     )
     show = sys.stderr.isatty() and not quiet
     bars = []

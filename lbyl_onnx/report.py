@@ -43,6 +43,7 @@ class Report:
 
     tool_version: str
     method: str
+    mode: str
     criterion: str
     ratio: float
     units: list[UnitRecord]
@@ -90,7 +91,8 @@ def format_report(report: Report, verbose: bool = False) -> str:
     b, a = report.before, report.after
     pruned = [u for u in report.units if u.channels_after < u.channels_before]
     lines = [
-        f"method {report.method}, criterion {report.criterion}, ratio {report.ratio:g}: "
+        f"method {report.method} ({report.mode}), criterion {report.criterion}, "
+        f"ratio {report.ratio:g}: "
         f"{len(pruned)} unit(s) pruned, {len(report.units) - len(pruned)} unchanged, "
         f"{len(report.declined)} declined",
         "",

@@ -38,6 +38,8 @@ class Plan:
     unit: Unit
     kept: np.ndarray
     scaling: np.ndarray
+    offsets: np.ndarray | None = None
+    """Bias correction: per channel, the constant the consumers' biases absorb."""
 
 
 def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarray) -> np.ndarray:
@@ -194,19 +196,84 @@ def _remove_unread(model: onnx.ModelProto, detached: list[str]) -> None:
             del graph.node[i]
 
 
+def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
+    """What the consumer's output gains when channel ``j`` carries the constant ``e_j``:
+    ``delta[o] = sum_j e_j sum_k V[o, j, k]`` (Conv: exact away from zero-padded borders;
+    Gemm/MatMul: each channel's block of columns), in the units of the consumer's bias."""
+    v = consumer.weight.value.astype(np.float64)
+    n = offsets.shape[0]
+    if consumer.kind == "conv":
+        per_channel = v.reshape(v.shape[0], n, -1).sum(axis=2)  # O x N
+    elif consumer.transposed:
+        per_channel = v.reshape(v.shape[0], n, consumer.block).sum(axis=2)
+    else:
+        per_channel = v.reshape(n, consumer.block, v.shape[1]).sum(axis=1).T
+    delta = per_channel @ offsets
+    if consumer.kind == "gemm":
+        alpha = attribute(consumer.node, "alpha", 1.0)
+        beta = attribute(consumer.node, "beta", 1.0)
+        delta = delta * alpha / beta
+    return delta
+
+
+def _add_to_bias(bias: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``bias + delta`` in the bias's own shape (``[O]``, ``[1, O]``, or a broadcast scalar)."""
+    if bias.size == 1:
+        return (bias.reshape(-1)[0] + delta).astype(bias.dtype)
+    return (bias + delta.reshape(bias.shape)).astype(bias.dtype)
+
+
+def _ensure_bias(model: onnx.ModelProto, consumer: Consumer, names: set[str]) -> Operand | None:
+    """The consumer's bias operand, created (zeros) for a Conv or Gemm that has none; None
+    for a MatMul without a bias Add (the correction is then skipped)."""
+    if consumer.bias is not None:
+        return consumer.bias
+    if consumer.kind == "matmul":
+        return None
+    node = consumer.node
+    weight = consumer.weight.value
+    outputs = weight.shape[0] if consumer.kind == "conv" or consumer.transposed else weight.shape[1]
+    zeros = np.zeros(outputs, dtype=weight.dtype)
+    name = _fresh_name(names, f"{node.name or node.output[0]}.bias")
+    model.graph.initializer.append(numpy_helper.from_array(zeros, name))
+    if len(node.input) > 2:
+        node.input[2] = name  # an empty optional input
+    else:
+        node.input.append(name)
+    return Operand(node, 2, zeros)
+
+
 def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
     """Rewrite ``model`` in place so that each planned unit keeps only its channels ``kept``.
 
-    Plans are independent: each was solved on the original weights, and slicing a layer's
-    output channels commutes with folding ``S`` into its input channels.
+    Plans are independent: each was solved on the original weights. Consumers absorb ``S``
+    (and a bias correction) first, then producers are sliced: folding ``S`` into a layer's
+    input channels commutes with slicing its output channels, and a bias correction is
+    computed in the consumer's original output channels.
     """
     editor = _Editor()
     stale: set[str] = set()
-    for plan in plans:
-        unit, kept, scaling = plan.unit, plan.kept, plan.scaling
-        n = unit.channels
-        if len(kept) == n:
-            continue
+    names = _all_names(model)
+    active = [p for p in plans if len(p.kept) < p.unit.channels]
+    created: dict[str, Operand] = {}  # biases created for consumers, by node output
+    for plan in active:
+        for consumer in plan.unit.consumers:
+            editor.edit(
+                consumer.weight, lambda v, c=consumer, s=plan.scaling: fold_into_consumer(c, v, s)
+            )
+            if plan.offsets is None or not np.any(plan.offsets):
+                continue
+            key = consumer.node.output[0]
+            bias = created.get(key) or _ensure_bias(model, consumer, names)
+            if bias is None:
+                continue
+            if consumer.bias is None:
+                created[key] = bias
+            delta = consumer_bias_delta(consumer, plan.offsets)
+            editor.edit(bias, lambda b, d=delta: _add_to_bias(b, d))
+    for plan in active:
+        unit, kept = plan.unit, plan.kept
+        n, m = unit.channels, len(kept)
         if unit.kind == "conv":
             editor.edit(unit.weight, lambda w, k=kept: w[k])
         elif unit.kind == "gemm" and attribute(unit.producer, "transB", 0):
@@ -214,20 +281,16 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
         else:
             editor.edit(unit.weight, lambda w, k=kept: w[:, k])
         operands = [*unit.bn_params]
-        if unit.bias is not None:
-            operands.append(unit.bias)
+        bias = unit.bias or created.get(unit.producer.output[0])
+        if bias is not None:
+            operands.append(bias)
         if unit.slope is not None:
             operands.append(unit.slope)
         for operand in operands:
             axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
             editor.edit(operand, lambda v, k=kept, a=axis, c=n: take_channels(v, k, c, a))
-        m = len(kept)
         for target, block in unit.reshapes:
             editor.edit(target, lambda v, c=m * block: _reshape_target(v, c))
-        for consumer in unit.consumers:
-            editor.edit(
-                consumer.weight, lambda v, c=consumer, s=scaling: fold_into_consumer(c, v, s)
-            )
         stale.update(unit.tensors)
     stale.update(editor.write(model))
     kept_info = [v for v in model.graph.value_info if v.name not in stale]

@@ -1,0 +1,53 @@
+"""Measure the activation statistics of units by running the original model in onnxruntime.
+
+For calibration mode: each unit's channels are observed where its consumers read them
+(:attr:`Unit.record`), in batches, and only their first and second moments are kept, so
+memory is bounded by ``N x N`` per unit whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ..errors import UsageError
+from ..methods.calibrated import ActivationStats
+from .units import Unit
+
+
+def record_statistics(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    data: dict[str, np.ndarray],
+    batch: int = 16,
+) -> dict[str, ActivationStats]:
+    """Per unit name, the moments of its channels over every sample and spatial position."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    tensors = sorted({u.record for u in units})
+    for name in tensors:
+        if name not in existing:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    stats = {u.name: ActivationStats.empty(u.channels) for u in units}
+    axis = {u.name: 1 if u.kind == "conv" else -1 for u in units}
+    count = len(next(iter(data.values())))
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    if count < step:
+        raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
+    last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
+    for start in range(0, last, step):
+        feeds = {name: value[start : start + step] for name, value in data.items()}
+        values = dict(zip(tensors, session.run(tensors, feeds), strict=True))
+        for unit in units:
+            channels = np.moveaxis(values[unit.record], axis[unit.name], -1)
+            stats[unit.name].add(channels.reshape(-1, unit.channels))
+    return stats
