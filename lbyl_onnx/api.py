@@ -117,7 +117,7 @@ def prune(
         if missing:
             raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
         calibration = {n: config.calibration_data[n] for n in names}
-        problems += input_problems(original, calibration, None, "--calibration-data")
+        problems += input_problems(original, calibration, None, "--calibration-data", True)
     if problems:
         raise UsageError(problems[0])
     work = onnx.ModelProto()

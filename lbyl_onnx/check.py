@@ -227,18 +227,19 @@ def input_problems(
     input_data: dict[str, np.ndarray] | None,
     input_shapes: dict[str, list[int]] | None,
     data_flag: str = "--input-data",
+    any_batch: bool = False,
 ) -> list[str]:
     """What is wrong with user-given inputs or shapes for this model (empty if nothing).
 
     Names must be real graph inputs; data must have the input's element type and rank, and
-    its fixed dimensions; shapes must have the input's rank and fixed dimensions.
+    its fixed dimensions (with ``any_batch``, the first may be any number of samples, which
+    the caller feeds in batches); shapes must have the input's rank and fixed dimensions.
     """
     declared = {entry.name: entry for entry in real_inputs(model)}
     known = ", ".join(declared) or "none"
     problems = []
     given = [
-        (name, value.shape, value.dtype, "--input-data")
-        for name, value in (input_data or {}).items()
+        (name, value.shape, value.dtype, data_flag) for name, value in (input_data or {}).items()
     ]
     given += [
         (name, tuple(dims), None, "--input-shape") for name, dims in (input_shapes or {}).items()
@@ -262,6 +263,8 @@ def input_problems(
             )
             continue
         for axis, (want, have) in enumerate(zip(dims, shape, strict=True)):
+            if any_batch and axis == 0 and flag == data_flag:
+                continue
             if isinstance(want, int) and want > 0 and want != have:
                 problems.append(
                     f"{flag} '{name}' has shape {list(shape)}, "

@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from photos import (  # noqa: E402
     EFFICIENTNET_LITE_MEAN,
     EFFICIENTNET_LITE_STD,
+    PPOCR_MEAN,
+    PPOCR_STD,
     page_image,
     photo_batch,
 )
@@ -45,6 +47,8 @@ class BenchModel:
     path: Path
     kind: str
     inputs: Callable[[int], dict[str, np.ndarray]]
+    calibration: Callable[[int], dict[str, np.ndarray]]
+    """Unlabelled inputs for calibration mode, disjoint from the evaluation inputs."""
     labels: np.ndarray | None = None
     output: int = 0
     threshold: float = 0.3
@@ -112,6 +116,17 @@ def _digits() -> dict[str, np.ndarray]:
     return {"input": data["input"], "label": data["label"]}
 
 
+def _digits_train(n: int) -> dict[str, np.ndarray]:
+    """The training split of ``make_sample_models.py`` (same split), for calibration."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    train, _ = train_test_split(x, test_size=0.3, random_state=0, stratify=digits.target)
+    return {"input": train[:n]}
+
+
 def development_models(include_zoo: bool = True) -> list[BenchModel]:
     """The models the benchmark measures, those present on this machine."""
     digits = _digits()
@@ -121,6 +136,7 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             ROOT / "sample_models" / f"digits_{variant}.onnx",
             "labels",
             lambda n: {"input": digits["input"][:n]},
+            _digits_train,
             labels=digits["label"],
             batch=256,
         )
@@ -134,6 +150,9 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             SHARED_EFFICIENTNET,
             "classifier",
             lambda n: {"input": photo_batch(n, 224, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)},
+            lambda n: {
+                "input": photo_batch(n, 224, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, seed=1)
+            },
             input_shapes={"input": [1, 3, 224, 224]},
             notes="photo crops, ImageNet classes",
         ),
@@ -142,6 +161,7 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             ZOO / "vgg16_tumor.onnx",
             "classifier",
             lambda n: {"input": photo_batch(n, 240, (0, 0, 0), (1, 1, 1), layout="NHWC")},
+            lambda n: {"input": photo_batch(n, 240, (0, 0, 0), (1, 1, 1), "NHWC", seed=1)},
             input_shapes={"input": [1, 240, 240, 3]},
             batch=16,
             notes="photo crops (not MRI scans): agreement only",
@@ -151,6 +171,7 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             ZOO / "ppocrv4_det.onnx",
             "map",
             lambda n: {"x": page_image(640, 640)},
+            lambda n: {"x": photo_batch(min(n, 16), 640, PPOCR_MEAN, PPOCR_STD, seed=1)},
             input_shapes={"x": [1, 3, 640, 640]},
             threshold=0.3,
             notes="text probability map of skimage.data.page() at 640x640",
@@ -159,7 +180,14 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             "centerface",
             ZOO / "centerface.onnx",
             "map",
-            lambda n: {"input.1": photo_batch(-(-n // 10) * 10, 32, (0, 0, 0), (1, 1, 1), 1.0)},
+            lambda n: {
+                "input.1": photo_batch(-(-n // 10) * 10, 32, (0, 0, 0), (1, 1, 1), scale=1.0)
+            },
+            lambda n: {
+                "input.1": photo_batch(
+                    -(-n // 10) * 10, 32, (0, 0, 0), (1, 1, 1), scale=1.0, seed=1
+                )
+            },
             threshold=0.05,
             notes="face heatmap on 32x32 photo crops (the file's fixed input size)",
         ),
@@ -168,6 +196,7 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             ZOO / "yolov8n_nudenet.onnx",
             "map",
             lambda n: {"images": photo_batch(n, 320, (0, 0, 0), (1, 1, 1))},
+            lambda n: {"images": photo_batch(n, 320, (0, 0, 0), (1, 1, 1), seed=1)},
             input_shapes={"images": [1, 3, 320, 320]},
             threshold=0.25,
             notes="negative control: SiLU only, nothing prunable",

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,9 @@ from bench_models import ROOT, BenchModel, development_models
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
 
-METHODS = ("prune", "nm", "lbyl")
+METHODS = ("prune", "nm", "lbyl", "lbyl+cal")
+"""``lbyl+cal``: calibration mode with 256 unlabelled inputs disjoint from the evaluation."""
+CALIBRATION_SAMPLES = 256
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOTS = ROOT / "docs" / "plots"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
@@ -135,11 +138,17 @@ def measure_model(bench: BenchModel, ratios, n: int, with_cost: bool, repeats: i
     }
     base = bench.quality(original, n)
     result["original"] = base
+    calibration = bench.calibration(CALIBRATION_SAMPLES)
     for ratio in ratios:
         for method in METHODS:
             start = time.perf_counter()
             model, report = lbyl_onnx.prune(
-                original, ratio=ratio, method=method, check=False, input_shapes=bench.input_shapes
+                original,
+                ratio=ratio,
+                method=method.removesuffix("+cal"),
+                check=False,
+                input_shapes=bench.input_shapes,
+                calibration_data=calibration if method.endswith("+cal") else None,
             )
             seconds = time.perf_counter() - start
             q = bench.quality(model, n)
@@ -178,26 +187,26 @@ def measure_model(bench: BenchModel, ratios, n: int, with_cost: bool, repeats: i
 
 
 def _reason_class(reason: str) -> str:
-    """A short class of a decline reason, for the table."""
+    """A short class of a decline reason, for the table (names of tensors left out)."""
     table = [
         ("depthwise Conv producer", "depthwise producer"),
         ("depthwise Conv", "depthwise consumer"),
         ("grouped", "grouped conv"),
         ("graph output", "graph output in unit"),
-        ("read by several", "tensor read by several nodes"),
-        ("input 1 of Add", "feeds Add (residual)"),
-        ("read by Add", "feeds Add (residual)"),
-        ("read by Concat", "feeds Concat"),
-        ("read by", "other reader"),
         ("not a constant", "non-constant weight"),
         ("shared", "shared weight"),
+        ("does not flatten", "reshape that does not flatten"),
     ]
     for needle, label in table:
         if needle in reason:
-            if label == "other reader":
-                op = reason.split("read by ")[1].split(" ")[0]
-                return f"read by {op}"
             return label
+    found = re.search(r"read by several nodes \(([^)]*)\)", reason)
+    if found:
+        return f"read by several nodes ({found.group(1)})"
+    found = re.search(r"is (?:input \d+ of|read by) (\w+)", reason)
+    if found:
+        op = found.group(1)
+        return "feeds Add (residual)" if op in ("Add", "Sum") else f"read by {op}"
     return reason
 
 
@@ -294,6 +303,19 @@ def render(results: list[dict], command: str, quick: bool) -> str:
             )
         lines.append("")
     lines += [
+        "### Time of one run (seconds, in process, no validation)",
+        "",
+        "| model | " + " | ".join(f"{m} at 0.3" for m in METHODS) + " |",
+        "|---" * (len(METHODS) + 1) + "|",
+    ]
+    for r in results:
+        cells = {x["method"]: x["seconds"] for x in r["rows"] if x["ratio"] == 0.3}
+        if cells:
+            lines.append(
+                f"| {r['name']} | " + " | ".join(f"{cells[m]:.2f}" for m in METHODS) + " |"
+            )
+    lines += [
+        "",
         "### Units found and declined",
         "",
         "| model | units | declined (by reason) |",
