@@ -23,8 +23,9 @@ class ModelSummary:
 class UnitRecord:
     """One unit: channels before and after, the method, and its restoration residual.
 
-    ``residual`` is the data-free reconstruction error of the removed filters relative to
-    plain removal (1.0: no better than removing; 0.0: restored exactly).
+    ``residual`` is the error compensation leaves of the removed channels, relative to plain
+    removal (1.0: no better than removing; 0.0: restored exactly): on the filters (data-free)
+    or on the measured activations (calibration mode).
     """
 
     name: str
@@ -120,8 +121,8 @@ def format_report(report: Report, verbose: bool = False) -> str:
             notes = "; ".join(u.notes)
             lines.append(f"{u.name:{width}}  {channels:>11}  {u.residual:8.3f}  {notes}")
         lines.append(
-            "residual: error of the removed filters left after compensation, "
-            "relative to plain removal (0 exact, 1 no better)"
+            "residual: error left of the removed channels (filters, or activations when "
+            "calibrated), relative to plain removal (0 exact, 1 no better)"
         )
     if report.declined:
         lines.append("")
