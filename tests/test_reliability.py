@@ -193,3 +193,20 @@ def test_nothing_prunable_writes_the_model_unchanged_with_a_warning(tmp_path: Pa
     assert result.exit_code == 0
     assert "no prunable unit found: the model is unchanged" in result.output
     assert onnx.load(str(out)) == onnx.load(str(path))
+
+
+def test_unreadable_input_is_a_usage_error(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated like the read-only folder: root reads everything."""
+    source = workdir / "in.onnx"
+    real_access = lbyl_onnx.graph.io.os.access
+
+    def access(path, mode):
+        if Path(path) == source and mode == lbyl_onnx.graph.io.os.R_OK:
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(lbyl_onnx.graph.io.os, "access", access)
+    result = CliRunner().invoke(main, [str(source), str(workdir / "out.onnx")])
+    assert result.exit_code == 2
+    assert "not readable" in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["in.onnx"]

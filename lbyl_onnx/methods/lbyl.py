@@ -109,4 +109,3 @@ def lbyl_bn_aware_coefficients(
     rhs = wp @ w[j] + lam1 * a[j] * ap
     c = scipy.linalg.solve(gram, rhs, assume_a="pos")
     return k * c
-
