@@ -4,6 +4,7 @@ rewrite -> ONNX checker -> validate in onnxruntime -> report (-> save, for files
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,12 +22,16 @@ from .graph.shapes import (
     count_macs,
     count_parameters,
     infer_shapes,
+    node_macs,
     op_counts,
     static_input_dims,
 )
 from .graph.units import Declined, Unit, find_units
-from .methods import CRITERIA, METHODS, MethodOptions, choose_kept
+from .methods import CRITERIA, METHODS, MethodOptions, kept_count
+from .methods.allocation import CostTerm, allocate, candidate_counts, total_cost
+from .methods.base import layer_damage, regularisers
 from .methods.calibrated import mean_offsets, solve_calibrated
+from .methods.criteria import keep_best
 from .report import ModelSummary, Report, UnitRecord
 
 
@@ -39,6 +44,10 @@ class PruneConfig:
     """
 
     ratio: float = 0.3
+    target_macs: float | None = None
+    target_params: float | None = None
+    round_to: int = 1
+    min_keep: float = 0.0
     method: str = "lbyl"
     criterion: str = "l2"
     exclude: tuple[str, ...] = ()
@@ -62,6 +71,20 @@ class PruneConfig:
         if self.criterion not in CRITERIA:
             known = ", ".join(CRITERIA)
             raise UsageError(f"unknown criterion '{self.criterion}' (choose from {known})")
+        if self.target_macs is not None and self.target_params is not None:
+            raise UsageError("give --target-macs or --target-params, not both")
+        for flag, value in (
+            ("--target-macs", self.target_macs),
+            ("--target-params", self.target_params),
+        ):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise UsageError(f"{flag} {value:g} is outside (0, 1]")
+        if (self.target_macs or self.target_params) and self.ratio_for:
+            raise UsageError("--ratio-for cannot be combined with a --target budget")
+        if self.round_to < 1:
+            raise UsageError("--round-to must be at least 1")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise UsageError(f"--min-keep {self.min_keep:g} is outside [0, 1]")
         if self.check_n < 1:
             raise UsageError("--check-n must be at least 1")
         return self
@@ -130,16 +153,21 @@ def prune(
     if config.calibration_data and units:
         statistics = record_statistics(original, units, calibration)
 
+    excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
+    declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
+    units = [u for u in units if u not in excluded]
+    budget = None
+    if config.target_macs is not None or config.target_params is not None:
+        counts, budget = _budget_counts(work, units, config)
+    else:
+        counts = {u.name: _ratio_count(u, config) for u in units}
+
     plans: list[Plan] = []
     records: list[UnitRecord] = []
     for done, unit in enumerate(units):
         if progress:
             progress(done, len(units))
-        if any(_matches(unit.name, p) for p in config.exclude):
-            declined.append(Declined(unit.name, unit.producer.op_type, "excluded by --exclude"))
-            continue
-        ratio = next((r for p, r in config.ratio_for if _matches(unit.name, p)), config.ratio)
-        kept = choose_kept(unit.arrays.weight, ratio, config.criterion)
+        kept = keep_best(unit.arrays.weight, counts[unit.name], config.criterion)
         if statistics is None:
             solution = METHODS[config.method](unit.arrays, kept, config.options)
         elif config.method == "lbyl":
@@ -191,6 +219,7 @@ def prune(
         after=summarize(work, measured_shapes),
         validation=validation,
         warnings=warnings,
+        budget=budget,
     )
     if validation is not None and validation.status == "failed":
         raise ValidationFailed(f"validation failed: {validation.message}", report)
@@ -210,6 +239,83 @@ def prune_file(
     model, report = prune(load_model(input_path), config, progress)
     save_model(model, output_path, external_data=save_as_external_data)
     return report
+
+
+def _ratio_count(unit: Unit, config: PruneConfig) -> int:
+    """Channels a unit keeps under ``--ratio``/``--ratio-for``, rounded down to a multiple of
+    ``--round-to`` (a unit smaller than that is left whole)."""
+    ratio = next((r for p, r in config.ratio_for if _matches(unit.name, p)), config.ratio)
+    m = max(kept_count(unit.channels, ratio), math.ceil(config.min_keep * unit.channels - 1e-9))
+    if config.round_to > 1 and m < unit.channels:
+        m = max(config.round_to, m // config.round_to * config.round_to)
+    return min(m, unit.channels)
+
+
+DAMAGE_POINTS = 16
+"""Kept counts per unit at which the damage curve is solved (linear in between)."""
+
+
+def _budget_counts(
+    model: onnx.ModelProto, units: list[Unit], config: PruneConfig
+) -> tuple[dict[str, int], str]:
+    """Kept counts that meet ``--target-macs``/``--target-params`` with the least damage.
+
+    Costs: every Conv/Gemm/MatMul's MACs (or weights) scale with the kept fraction of its
+    input channels (when it consumes a unit) and of its output channels (when it produces
+    one). Damage: the method's data-free residual as a fraction of the layer's filter energy
+    (:func:`layer_damage`), solved at up to ``DAMAGE_POINTS`` kept counts per unit.
+    """
+    kind = "MACs" if config.target_macs is not None else "parameters"
+    fraction = config.target_macs if config.target_macs is not None else config.target_params
+    shapes = infer_shapes(model, {**static_input_dims(model, 1), **(config.input_shapes or {})})
+    index = {u.name: i for i, u in enumerate(units)}
+    producer_of = {u.producer.output[0]: index[u.name] for u in units}
+    consumer_of = {c.node.output[0]: index[u.name] for u in units for c in u.consumers}
+    values = {t.name: t.dims for t in model.graph.initializer}
+    terms = []
+    for node in model.graph.node:
+        if kind == "MACs":
+            base = node_macs(node, shapes)
+        elif node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+            base = int(np.prod(values.get(node.input[1], [0])))
+        else:
+            base = 0
+        if base:
+            out = node.output[0]
+            terms.append(CostTerm(float(base), consumer_of.get(out), producer_of.get(out)))
+    for unit in units:
+        if not any(t.output_unit == index[unit.name] for t in terms):
+            raise UsageError(f"cannot count the {kind} of '{unit.name}': pass --input-shape")
+    total = (
+        float(summarize(model, config.input_shapes).macs)
+        if kind == "MACs"
+        else float(count_parameters(model))
+    )
+    damage = [_damage_curve(u, config) for u in units]
+    channels = [u.channels for u in units]
+    kept = allocate(channels, damage, terms, fraction * total, config.round_to, config.min_keep)
+    fixed = total - sum(t.base for t in terms)
+    reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
+    text = f"{kind} {reached:.1%} of the original (target {fraction:.1%})"
+    return {u.name: m for u, m in zip(units, kept, strict=True)}, text
+
+
+def _damage_curve(unit: Unit, config: PruneConfig):
+    """Damage of keeping ``m`` channels, solved on a coarse grid, linear in between."""
+    grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
+    picks = sorted(
+        set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
+    )
+    points = {}
+    for i in picks:
+        m = grid[i]
+        kept = keep_best(unit.arrays.weight, m, config.criterion)
+        solution = METHODS[config.method](unit.arrays, kept, config.options)
+        lam1, _ = regularisers(unit.arrays, kept, config.options)
+        points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1)
+    xs = sorted(points)
+    ys = [points[x] for x in xs]
+    return lambda m: float(np.interp(m, xs, ys))
 
 
 def _mode(config: PruneConfig) -> str:

@@ -30,6 +30,7 @@ Examples:
   lbyl-onnx model.onnx small.onnx --exclude 'stem*' --ratio-for 'layer4*=0.5'
   lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
   lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
+  lbyl-onnx model.onnx small.onnx --target-macs 0.6 --round-to 8   # a budget, not a ratio
   lbyl-onnx model.onnx --list                         # what would be pruned, and why not
 
 \b
@@ -109,6 +110,35 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     show_default=True,
     type=float,
     help="Fraction of output channels removed in each prunable layer, in [0, 1).",
+)
+@click.option(
+    "--target-macs",
+    type=float,
+    metavar="F",
+    help="Keep this fraction of the model's MACs, allocating per-layer ratios globally "
+    "(least data-free damage per MAC saved) instead of one --ratio.",
+)
+@click.option(
+    "--target-params",
+    type=float,
+    metavar="F",
+    help="Keep this fraction of the model's parameters (like --target-macs).",
+)
+@click.option(
+    "--round-to",
+    default=1,
+    show_default=True,
+    type=int,
+    metavar="K",
+    help="Kept channel counts are multiples of K (8 suits tensor cores), never below K.",
+)
+@click.option(
+    "--min-keep",
+    default=0.0,
+    show_default=True,
+    type=float,
+    metavar="F",
+    help="Never keep fewer than this fraction of any layer's channels.",
 )
 @click.option(
     "--method",
@@ -191,6 +221,10 @@ def main(
     input_path,
     output_path,
     ratio,
+    target_macs,
+    target_params,
+    round_to,
+    min_keep,
     method,
     criterion,
     exclude,
@@ -218,6 +252,10 @@ def main(
             input_path,
             output_path,
             ratio,
+            target_macs,
+            target_params,
+            round_to,
+            min_keep,
             method,
             criterion,
             exclude,
@@ -255,6 +293,10 @@ def _run(
     input_path,
     output_path,
     ratio,
+    target_macs,
+    target_params,
+    round_to,
+    min_keep,
     method,
     criterion,
     exclude,
@@ -295,6 +337,10 @@ def _run(
             raise UsageError(f"--report {report_path} is OUT; choose another path")
     config = PruneConfig(
         ratio=ratio,
+        target_macs=target_macs,
+        target_params=target_params,
+        round_to=round_to,
+        min_keep=min_keep,
         method=method,
         criterion=criterion,
         exclude=tuple(exclude),

@@ -53,6 +53,8 @@ class Report:
     after: ModelSummary
     validation: Validation | None = None
     warnings: list[str] = field(default_factory=list)
+    budget: str | None = None
+    """With ``--target-macs``/``--target-params``: what the allocation reached."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,9 +93,9 @@ def format_report(report: Report, verbose: bool = False) -> str:
     """The summary a person reads after a run."""
     b, a = report.before, report.after
     pruned = [u for u in report.units if u.channels_after < u.channels_before]
+    scope = "ratios from the budget" if report.budget else f"ratio {report.ratio:g}"
     lines = [
-        f"method {report.method} ({report.mode}), criterion {report.criterion}, "
-        f"ratio {report.ratio:g}: "
+        f"method {report.method} ({report.mode}), criterion {report.criterion}, {scope}: "
         f"{len(pruned)} unit(s) pruned, {len(report.units) - len(pruned)} unchanged, "
         f"{len(report.declined)} declined",
         "",
@@ -104,6 +106,8 @@ def format_report(report: Report, verbose: bool = False) -> str:
         f"{'file bytes':12}{_human(b.size_bytes):>12}{_human(a.size_bytes):>12}"
         f"{_change(b.size_bytes, a.size_bytes):>10}",
     ]
+    if report.budget:
+        lines.append(f"budget: {report.budget}")
     changed_ops = {
         op: (b.op_counts.get(op, 0), a.op_counts.get(op, 0))
         for op in sorted(set(b.op_counts) | set(a.op_counts))

@@ -111,31 +111,32 @@ _FLOAT_TYPES = {
 
 
 def count_macs(model: onnx.ModelProto, shapes: dict[str, Shape]) -> int:
-    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul at the shapes given.
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul at the shapes given
+    (see :func:`node_macs`)."""
+    return sum(node_macs(node, shapes) for node in model.graph.node)
 
-    Conv: ``|output| * C_in/group * prod(kernel)``; ConvTranspose: ``|input| * C_out/group *
-    prod(kernel)``; Gemm/MatMul: ``|output| * K``. Nodes with unknown shapes count 0.
-    """
-    total = 0
-    for node in model.graph.node:
-        op = node.op_type
-        if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            continue
-        w = _known(shapes.get(node.input[1]) if len(node.input) > 1 else None)
-        y = _known(shapes.get(node.output[0]))
-        x = _known(shapes.get(node.input[0]))
-        if w is None:
-            continue
-        if op == "Conv" and y is not None:
-            total += int(np.prod(y, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-        elif op == "ConvTranspose" and x is not None:
-            total += int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-        elif op == "Gemm" and y is not None:
-            k = w[1] if attribute(node, "transB", 0) else w[0]
-            total += int(np.prod(y, dtype=np.int64)) * k
-        elif op == "MatMul" and y is not None and len(w) >= 2:
-            total += int(np.prod(y, dtype=np.int64)) * w[-2]
-    return total
+
+def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
+    """Conv: ``|output| * C_in/group * prod(kernel)``; ConvTranspose: ``|input| * C_out/group
+    * prod(kernel)``; Gemm/MatMul: ``|output| * K``; other nodes and unknown shapes: 0."""
+    op = node.op_type
+    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+        return 0
+    w = _known(shapes.get(node.input[1]))
+    y = _known(shapes.get(node.output[0]))
+    x = _known(shapes.get(node.input[0]))
+    if w is None:
+        return 0
+    if op == "Conv" and y is not None:
+        return int(np.prod(y, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    if op == "ConvTranspose" and x is not None:
+        return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    if op == "Gemm" and y is not None:
+        k = w[1] if attribute(node, "transB", 0) else w[0]
+        return int(np.prod(y, dtype=np.int64)) * k
+    if op == "MatMul" and y is not None and len(w) >= 2:
+        return int(np.prod(y, dtype=np.int64)) * w[-2]
+    return 0
 
 
 def _known(shape: Shape | None) -> list[int] | None:

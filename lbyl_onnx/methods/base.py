@@ -145,6 +145,21 @@ def relative_residual(
     return error / baseline
 
 
+def layer_damage(layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float) -> float:
+    """The error compensation leaves of the removed channels (filter and bias terms of the
+    LBYL objective), as a fraction of the whole layer's ``sum_i |wt_i|^2 + lam1 bt_i^2``:
+    a data-free measure of how much of the layer's signal a choice of ``kept`` loses."""
+    removed = removed_channels(layer.channels, kept)
+    wt, bt = layer.folded_weight, layer.folded_bias
+    total = float(np.sum(wt**2) + lam1 * np.sum(bt**2))
+    if len(removed) == 0 or total <= 0:
+        return 0.0
+    coeffs = scaling[removed]
+    error = np.sum((wt[removed] - coeffs @ wt[kept]) ** 2)
+    error += lam1 * np.sum((bt[removed] - coeffs @ bt[kept]) ** 2)
+    return float(error) / total
+
+
 def regularisers(
     layer: LayerArrays, kept: np.ndarray, options: MethodOptions
 ) -> tuple[float, float]:

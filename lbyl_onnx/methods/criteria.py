@@ -37,11 +37,15 @@ def kept_count(channels: int, ratio: float) -> int:
 
 
 def choose_kept(weight: np.ndarray, ratio: float, criterion: str = "l2") -> np.ndarray:
-    """Sorted indices of the ``kept_count`` filters with the highest score.
+    """Sorted indices of the ``kept_count`` filters with the highest score."""
+    return keep_best(weight, kept_count(weight.shape[0], ratio), criterion)
+
+
+def keep_best(weight: np.ndarray, m: int, criterion: str = "l2") -> np.ndarray:
+    """Sorted indices of the ``m`` filters with the highest score.
 
     Ties are broken by index (a stable sort), so the choice is deterministic.
     """
     scores = CRITERIA[criterion](weight.reshape(weight.shape[0], -1))
-    m = kept_count(weight.shape[0], ratio)
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:m])

@@ -1,0 +1,116 @@
+"""Budgets instead of ratios: choose how many channels each unit keeps, globally.
+
+Given, for each unit, the data-free damage of keeping ``m`` channels (the method's residual:
+the error compensation leaves of the removed channels, as a fraction of the layer's total
+filter energy) and an exact cost model of the network (every Conv/Gemm/MatMul's MACs scale
+with the kept fraction of its input and of its output channels), a greedy allocation
+repeatedly takes the step, in any unit, with the smallest increase in damage per unit of
+cost saved, until the budget is met. Kept counts move along a grid: multiples of
+``round_to`` (the unpruned count ``N`` is always allowed), never below ``min_keep``.
+
+Taking steps in a fixed order makes the allocation monotone in the budget: a smaller budget
+continues the same sequence, so no unit keeps more channels than under a larger budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """A node whose cost is ``base * (m_in / N_in) * (m_out / N_out)``; ``None`` when its input
+    (or output) channels belong to no unit."""
+
+    base: float
+    input_unit: int | None = None
+    output_unit: int | None = None
+
+
+def candidate_counts(channels: int, round_to: int = 1, min_keep: float = 0.0) -> list[int]:
+    """Kept counts a unit may take, from ``N`` down: multiples of ``round_to`` (and ``N``),
+    at least ``max(round_to, ceil(min_keep * N))`` and at least 1."""
+    floor = max(1, round_to, math.ceil(min_keep * channels - 1e-9))
+    counts = [channels]
+    m = (channels // round_to) * round_to
+    if m == channels:
+        m -= round_to
+    while m >= floor:
+        counts.append(m)
+        m -= round_to
+    return counts
+
+
+def total_cost(terms: Sequence[CostTerm], kept: Sequence[int], channels: Sequence[int]) -> float:
+    """The network's cost for kept counts ``kept`` (the exact bilinear model)."""
+    total = 0.0
+    for term in terms:
+        factor = 1.0
+        if term.input_unit is not None:
+            factor *= kept[term.input_unit] / channels[term.input_unit]
+        if term.output_unit is not None:
+            factor *= kept[term.output_unit] / channels[term.output_unit]
+        total += term.base * factor
+    return total
+
+
+def allocate(
+    channels: Sequence[int],
+    damage: Sequence[Callable[[int], float]],
+    terms: Sequence[CostTerm],
+    target: float,
+    round_to: int = 1,
+    min_keep: float = 0.0,
+) -> list[int]:
+    """Kept counts per unit whose total cost is at most ``target`` (or as low as the grid
+    allows), choosing greedily by damage added per cost saved (module docstring).
+
+    ``damage[u](m)`` is unit ``u``'s damage when it keeps ``m`` channels (0 at ``m = N``).
+    """
+    grids = [candidate_counts(n, round_to, min_keep) for n in channels]
+    position = [0] * len(channels)
+    kept = list(channels)
+    cost = total_cost(terms, kept, channels)
+    by_unit: dict[int, list[CostTerm]] = {}
+    for term in terms:
+        for unit in {term.input_unit, term.output_unit} - {None}:
+            by_unit.setdefault(unit, []).append(term)
+
+    def unit_cost(u: int, m: int) -> float:
+        trial = list(kept)
+        trial[u] = m
+        return total_cost(by_unit.get(u, []), trial, channels)
+
+    neighbours = {
+        u: sorted({v for t in by_unit.get(u, []) for v in (t.input_unit, t.output_unit)} - {None})
+        for u in range(len(channels))
+    }
+    version = [0] * len(channels)
+
+    def step(u: int) -> tuple[float, int, int] | None:
+        if position[u] + 1 >= len(grids[u]):
+            return None
+        m_now, m_next = grids[u][position[u]], grids[u][position[u] + 1]
+        saved = unit_cost(u, m_now) - unit_cost(u, m_next)
+        added = damage[u](m_next) - damage[u](m_now)
+        priority = added / saved if saved > 0 else math.inf
+        return priority, u, version[u]
+
+    heap = [s for u in range(len(channels)) if (s := step(u)) is not None]
+    heapq.heapify(heap)
+    while cost > target and heap:
+        _, u, seen = heapq.heappop(heap)
+        if seen != version[u]:
+            continue  # stale: a neighbour moved since this step was priced
+        m_next = grids[u][position[u] + 1]
+        cost -= unit_cost(u, kept[u]) - unit_cost(u, m_next)
+        kept[u] = m_next
+        position[u] += 1
+        for v in {u, *neighbours[u]}:  # bilinear terms: the neighbours' steps changed price
+            version[v] += 1
+            if (entry := step(v)) is not None:
+                heapq.heappush(heap, entry)
+    return kept
