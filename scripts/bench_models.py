@@ -117,14 +117,9 @@ def _digits() -> dict[str, np.ndarray]:
 
 
 def _digits_train(n: int) -> dict[str, np.ndarray]:
-    """The training split of ``make_sample_models.py`` (same split), for calibration."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    train, _ = train_test_split(x, test_size=0.3, random_state=0, stratify=digits.target)
-    return {"input": train[:n]}
+    """Unlabelled training-split samples shipped for calibration (disjoint from the test)."""
+    data = np.load(ROOT / "sample_models" / "digits_calibration.npz")
+    return {"input": data["input"][:n]}
 
 
 def development_models(include_zoo: bool = True) -> list[BenchModel]:

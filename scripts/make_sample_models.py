@@ -8,6 +8,8 @@ This script regenerates the files in ``sample_models/``:
 * ``digits_mlp.onnx``: a three-layer MLP (Flatten -> Gemm -> Relu -> Gemm -> Relu -> Gemm).
 * ``digits_test.npz``: the held-out test split, arrays ``input`` (float32 [n, 1, 8, 8]) and
   ``label`` (int64 [n]).
+* ``digits_calibration.npz``: 256 unlabelled samples of the training split, array ``input``,
+  for ``lbyl-onnx --calibration-data`` (disjoint from the test split).
 
 The ONNX graphs are written node by node with ``onnx.helper`` (not ``torch.onnx.export``) so
 that the graph layout, node names and initializer names are exactly controlled.
@@ -359,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     split = load_split()
     test_path = out_dir / "digits_test.npz"
     np.savez(test_path, input=split.x_test, label=split.y_test)
+    np.savez(out_dir / "digits_calibration.npz", input=split.x_train[:256])
 
     vgg = train(make_vgg(), split, epochs=30)
     mlp = train(make_mlp(), split, epochs=60)
