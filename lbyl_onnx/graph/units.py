@@ -173,9 +173,14 @@ def _match_producer(index: GraphIndex, node: onnx.NodeProto):
             raise _Decline(f"{kind} Conv producer (group={group})")
         n = weight.value.shape[0]
         bias = _constant(index, node, 2, "bias") if len(node.input) > 2 and node.input[2] else None
+        out = node.output[0]
+        if bias is None:  # paddle2onnx and others: the bias as a separate Add of [1, C, 1, 1]
+            bias = _per_channel_operand(index, out, "Add", n, -(weight.value.ndim - 1))
+            if bias is not None:
+                out = bias.node.output[0]
         rows = weight.value.reshape(n, -1)
         b = bias.value.reshape(-1) if bias is not None else np.zeros(n, rows.dtype)
-        return "conv", weight, bias, rows, b, node.output[0]
+        return "conv", weight, bias, rows, b, out
     if node.op_type == "Gemm":
         if attribute(node, "transA", 0):
             raise _Decline("Gemm with transA=1")
@@ -211,11 +216,52 @@ def _match_producer(index: GraphIndex, node: onnx.NodeProto):
     return "matmul", weight, bias, rows, b, out
 
 
+def _per_channel_operand(
+    index: GraphIndex, tensor: str, op: str, n: int, channel_axis: int
+) -> Operand | None:
+    """If the sole reader of ``tensor`` is ``op`` (Add, Mul) with a constant that has one value
+    per channel on ``channel_axis`` (counted from the end, e.g. ``[1, C, 1, 1]``), that
+    constant; None otherwise (nothing to decline: the chain just does not continue here)."""
+    reader = _next(index, tensor)
+    if reader is None or reader.op_type != op or reader.domain not in ("", "ai.onnx"):
+        return None
+    other = 1 if reader.input[0] == tensor else 0
+    value = index.value(reader.input[other])
+    if value is None or value.size != n or n == 1:
+        return None
+    if len(value.shape) < -channel_axis or value.shape[channel_axis] != n:
+        return None
+    return _constant(index, reader, other, f"per-channel {op} constant")
+
+
+def _match_scale_shift(
+    index: GraphIndex, tensor: str, n: int, channel_axis: int
+) -> tuple[list[Operand], BatchNormParams, str] | None:
+    """BatchNormalization written as ``Mul`` by a per-channel scale, then optionally ``Add``
+    of a per-channel shift: ``gamma = scale``, ``beta = shift``, no statistics."""
+    scale = _per_channel_operand(index, tensor, "Mul", n, channel_axis)
+    if scale is None:
+        return None
+    tensor = scale.node.output[0]
+    shift = _per_channel_operand(index, tensor, "Add", n, channel_axis)
+    params = [scale]
+    beta = np.zeros(n)
+    if shift is not None:
+        params.append(shift)
+        beta = shift.value.reshape(-1).astype(np.float64)
+        tensor = shift.node.output[0]
+    gamma = scale.value.reshape(-1).astype(np.float64)
+    record = BatchNormParams(gamma, beta, np.zeros(n), np.ones(n), 0.0, statistics=False)
+    return params, record, tensor
+
+
 def _match_bn(index: GraphIndex, node: onnx.NodeProto, n: int) -> tuple[list[Operand], float]:
     if len([o for o in node.output if o]) > 1 and any(
         index.readers.get(o) for o in node.output[1:] if o
     ):
         raise _Decline("BatchNormalization in training mode (extra outputs are read)")
+    if attribute(node, "spatial", 1) == 0:
+        raise _Decline("BatchNormalization with spatial=0 (per-element statistics)")
     params = [_constant(index, node, i, f"BatchNormalization input {i}") for i in range(1, 5)]
     if any(p.value.size != n for p in params):
         raise _Decline("BatchNormalization parameters are not per-channel")
@@ -265,6 +311,8 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     bn = None
     bn_params: list[Operand] = []
     bn_record = None
+    channel_axis = -(weight.value.ndim - 1) if kind == "conv" else -1
+    scale_shift = _match_scale_shift(index, tensor, n, channel_axis)
     if reader is not None and reader.op_type == "BatchNormalization":
         bn = reader
         bn_params, eps = _match_bn(index, bn, n)
@@ -273,11 +321,14 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         tensor = bn.output[0]
         tensors.append(tensor)
         reader = _next(index, tensor)
+    elif scale_shift is not None:
+        bn_params, bn_record, tensor = scale_shift
+        tensors.extend(p.node.output[0] for p in bn_params)
+        reader = _next(index, tensor)
     activation = None
     slope = None
     if reader is not None and reader.op_type in ACTIVATIONS:
         activation = reader
-        channel_axis = -(weight.value.ndim - 1) if kind == "conv" else -1
         slope = _match_activation(index, activation, n, channel_axis)
         tensor = activation.output[0]
         tensors.append(tensor)
@@ -391,6 +442,9 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
                     reshapes.append((target, block))
                 tensors.append(node.output[0])
                 frontier.append((node.output[0], "flat", block, channels))
+            elif op == "Squeeze" and layout == "spatial" and _squeezes_to_channels(shapes, node, n):
+                tensors.append(node.output[0])
+                frontier.append((node.output[0], "flat", 1, channels))
             elif op == "Conv" and layout == "spatial":
                 consumers.append(_with_bias(index, _conv_consumer(index, node, n), channels))
             elif op in ("Gemm", "MatMul") and layout in ("flat", "features"):
@@ -419,6 +473,14 @@ def _with_bias(index: GraphIndex, consumer: Consumer, channels: str) -> Consumer
     except _Decline:
         bias, bias_add = None, None
     return replace(consumer, channels_tensor=channels, bias=bias, bias_add=bias_add)
+
+
+def _squeezes_to_channels(shapes, node: onnx.NodeProto, n: int) -> bool:
+    """A Squeeze of the 1x1 spatial axes after a global pool: ``[N, C, 1, 1] -> [N, C]``."""
+    before, after = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if before is None or after is None or len(after) != 2 or len(before) < 3:
+        return False
+    return all(d == 1 for d in before[2:]) and after[1] in (n, None)
 
 
 def _conv_consumer(index: GraphIndex, node: onnx.NodeProto, n: int) -> Consumer:

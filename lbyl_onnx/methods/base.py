@@ -17,6 +17,8 @@ class BatchNormParams:
     mean: np.ndarray
     var: np.ndarray
     eps: float
+    statistics: bool = True
+    """False for a scale and shift without running statistics (BN written as Mul/Add)."""
 
     @property
     def sigma(self) -> np.ndarray:
@@ -68,7 +70,7 @@ class LayerArrays:
         is its variance for independent inputs; the median ratio estimates ``E[x^2]``.
         Without BN nothing is known and the inputs are taken as unit scale (1.0).
         """
-        if self.bn is None:
+        if self.bn is None or not self.bn.statistics:
             return 1.0
         norms = np.sum(self.weight.astype(np.float64) ** 2, axis=1)
         alive = norms > 1e-12 * max(float(norms.max()), 1e-30)
