@@ -27,8 +27,8 @@ from .graph.shapes import (
     static_input_dims,
 )
 from .graph.units import Declined, Unit, find_units
-from .methods import CRITERIA, METHODS, MethodOptions, kept_count
-from .methods.calibrated import mean_offsets, solve_calibrated
+from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count
+from .methods.calibrated import ActivationStats, mean_offsets, solve_calibrated
 from .methods.criteria import keep_best
 from .report import ModelSummary, Report, UnitRecord
 
@@ -131,29 +131,17 @@ def prune(
     """
     config = (config or PruneConfig(**options)).validated()
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    problems = input_problems(original, config.input_data, config.input_shapes)
-    if config.calibration_data:
-        names = [i.name for i in real_inputs(original)]
-        missing = [n for n in names if n not in config.calibration_data]
-        if missing:
-            raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
-        calibration = {n: config.calibration_data[n] for n in names}
-        problems += input_problems(original, calibration, None, "--calibration-data", True)
-    if problems:
-        raise UsageError(problems[0])
+    calibration = _checked_inputs(original, config)
     work = onnx.ModelProto()
     work.CopyFrom(original)
     recorded_shapes = {v.name for v in work.graph.value_info}
 
     units, declined = find_units(work, infer_shapes(work))
     warnings = _unmatched_patterns(config, units, declined)
-    statistics = None
-    if config.calibration_data and units:
-        statistics = record_statistics(original, units, calibration)
-
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
+    statistics = record_statistics(original, units, calibration) if calibration and units else None
     budget = None
     if config.target_macs is not None or config.target_params is not None:
         counts, budget = budget_counts(work, units, config, summarize(work, config.input_shapes))
@@ -166,13 +154,7 @@ def prune(
         if progress:
             progress(done, len(units))
         kept = keep_best(unit.arrays.weight, counts[unit.name], config.criterion)
-        if statistics is None:
-            solution = METHODS[config.method](unit.arrays, kept, config.options)
-        elif config.method == "lbyl":
-            solution = solve_calibrated(statistics[unit.name], kept, config.calibration_ridge)
-        else:
-            solution = METHODS[config.method](unit.arrays, kept, config.options)
-            solution.offsets = mean_offsets(statistics[unit.name], solution.scaling, kept)
+        solution = _solve(unit, kept, config, statistics[unit.name] if statistics else None)
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
         records.append(
             UnitRecord(
@@ -237,6 +219,37 @@ def prune_file(
     model, report = prune(load_model(input_path), config, progress)
     save_model(model, output_path, external_data=save_as_external_data)
     return report
+
+
+def _checked_inputs(model: onnx.ModelProto, config: PruneConfig) -> dict[str, np.ndarray] | None:
+    """Raise :class:`UsageError` for user inputs that do not fit the model; return the
+    calibration arrays of the model's inputs (others in the file are ignored)."""
+    problems = input_problems(model, config.input_data, config.input_shapes)
+    calibration = None
+    if config.calibration_data:
+        names = [i.name for i in real_inputs(model)]
+        missing = [n for n in names if n not in config.calibration_data]
+        if missing:
+            raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
+        calibration = {n: config.calibration_data[n] for n in names}
+        problems += input_problems(model, calibration, None, "--calibration-data", True)
+    if problems:
+        raise UsageError(problems[0])
+    return calibration
+
+
+def _solve(
+    unit: Unit, kept: np.ndarray, config: PruneConfig, statistics: ActivationStats | None
+) -> Solution:
+    """The method's solution; with calibration statistics, LBYL becomes the activation-space
+    least squares, and the other methods gain the bias correction."""
+    if statistics is None:
+        return METHODS[config.method](unit.arrays, kept, config.options)
+    if config.method == "lbyl":
+        return solve_calibrated(statistics, kept, config.calibration_ridge)
+    solution = METHODS[config.method](unit.arrays, kept, config.options)
+    solution.offsets = mean_offsets(statistics, solution.scaling, kept)
+    return solution
 
 
 def _ratio_count(unit: Unit, config: PruneConfig) -> int:
