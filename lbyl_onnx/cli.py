@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import numpy as np
@@ -217,29 +218,7 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
 @click.option("-v", "--verbose", is_flag=True, help="Show every unit and reason; tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only.")
 @click.version_option(__version__, "--version", prog_name="lbyl-onnx")
-def main(
-    input_path,
-    output_path,
-    ratio,
-    target_macs,
-    target_params,
-    round_to,
-    min_keep,
-    method,
-    criterion,
-    exclude,
-    ratio_for,
-    check,
-    check_n,
-    input_shape,
-    input_data,
-    calibration_path,
-    report_path,
-    save_as_external_data,
-    list_only,
-    verbose,
-    quiet,
-):
+def main(**options) -> None:
     """Remove channels from the convolutions of IN and restore accuracy without data.
 
     Finds Conv -> [BatchNormalization] -> activation -> Conv chains (and their fully
@@ -248,72 +227,29 @@ def main(
     writes OUT. IN is never modified.
     """
     try:
-        code = _run(
-            input_path,
-            output_path,
-            ratio,
-            target_macs,
-            target_params,
-            round_to,
-            min_keep,
-            method,
-            criterion,
-            exclude,
-            ratio_for,
-            check,
-            check_n,
-            input_shape,
-            input_data,
-            calibration_path,
-            report_path,
-            save_as_external_data,
-            list_only,
-            verbose,
-            quiet,
-        )
+        code = _run(SimpleNamespace(**options))
     except ValidationFailed as error:
-        if error.report is not None and not quiet:
-            click.echo(format_report(error.report, verbose))
+        if error.report is not None and not options["quiet"]:
+            click.echo(format_report(error.report, options["verbose"]))
         click.echo(f"error: {error} (OUT not written)", err=True)
         code = error.exit_code
     except LbylError as error:
-        if verbose:
+        if options["verbose"]:
             traceback.print_exc()
         click.echo(f"error: {error}", err=True)
         code = error.exit_code
     except Exception as error:  # a bug: one line, traceback with -v
-        if verbose:
+        if options["verbose"]:
             traceback.print_exc()
         click.echo(f"internal error: {type(error).__name__}: {error}", err=True)
         code = EXIT_INTERNAL
     sys.exit(code)
 
 
-def _run(
-    input_path,
-    output_path,
-    ratio,
-    target_macs,
-    target_params,
-    round_to,
-    min_keep,
-    method,
-    criterion,
-    exclude,
-    ratio_for,
-    check,
-    check_n,
-    input_shape,
-    input_data,
-    calibration_path,
-    report_path,
-    save_as_external_data,
-    list_only,
-    verbose,
-    quiet,
-) -> int:
-    if list_only:
-        units, declined = list_units(input_path)
+def _run(o: SimpleNamespace) -> int:
+    """The command's work, with ``o`` holding the parsed options; returns the exit code."""
+    if o.list_only:
+        units, declined = list_units(o.input_path)
         records = [
             UnitRecord(
                 u.name,
@@ -329,29 +265,29 @@ def _run(
         ]
         click.echo(format_units(records, declined))
         return EXIT_OK
-    if output_path is None:
+    if o.output_path is None:
         raise UsageError("missing OUT (or pass --list to only inspect IN)")
-    if report_path is not None:
-        check_output_path(input_path, report_path, "--report")
-        if report_path.resolve() == output_path.resolve():
-            raise UsageError(f"--report {report_path} is OUT; choose another path")
+    if o.report_path is not None:
+        check_output_path(o.input_path, o.report_path, "--report")
+        if o.report_path.resolve() == o.output_path.resolve():
+            raise UsageError(f"--report {o.report_path} is OUT; choose another path")
     config = PruneConfig(
-        ratio=ratio,
-        target_macs=target_macs,
-        target_params=target_params,
-        round_to=round_to,
-        min_keep=min_keep,
-        method=method,
-        criterion=criterion,
-        exclude=tuple(exclude),
-        ratio_for=tuple(_parse_ratio_for(t) for t in ratio_for),
-        check=check,
-        check_n=check_n,
-        input_shapes=dict(_parse_shape(t) for t in input_shape) or None,
-        input_data=dict(_load_input_data(t) for t in input_data) or None,
-        calibration_data=_load_calibration(calibration_path) if calibration_path else None,
+        ratio=o.ratio,
+        target_macs=o.target_macs,
+        target_params=o.target_params,
+        round_to=o.round_to,
+        min_keep=o.min_keep,
+        method=o.method,
+        criterion=o.criterion,
+        exclude=tuple(o.exclude),
+        ratio_for=tuple(_parse_ratio_for(t) for t in o.ratio_for),
+        check=o.check,
+        check_n=o.check_n,
+        input_shapes=dict(_parse_shape(t) for t in o.input_shape) or None,
+        input_data=dict(_load_input_data(t) for t in o.input_data) or None,
+        calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
     )
-    show = sys.stderr.isatty() and not quiet
+    show = sys.stderr.isatty() and not o.quiet
     bars = []
 
     def progress(done: int, total: int) -> None:
@@ -363,15 +299,15 @@ def _run(
         bars[0].update(done - bars[0].pos)
 
     try:
-        report = prune_file(input_path, output_path, config, save_as_external_data, progress)
+        report = prune_file(o.input_path, o.output_path, config, o.save_as_external_data, progress)
     finally:
         for bar in bars:
             bar.__exit__(None, None, None)
-    if report_path is not None:
-        write_text_atomic(report_path, report.to_json())
-    if not quiet:
-        click.echo(format_report(report, verbose))
-        click.echo(f"wrote {output_path}")
+    if o.report_path is not None:
+        write_text_atomic(o.report_path, report.to_json())
+    if not o.quiet:
+        click.echo(format_report(report, o.verbose))
+        click.echo(f"wrote {o.output_path}")
     else:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)

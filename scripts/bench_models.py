@@ -30,6 +30,20 @@ from photos import (  # noqa: E402
 
 from lbyl_onnx.check import session  # noqa: E402
 
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_section(name: str, lines: list[str]) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` of
+    ``docs/benchmarks.md`` (appending the markers if missing), leaving the rest as it is."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, _, rest = text.partition(start)
+    DOC.write_text(head + "\n".join([start, "", *lines, "", end]) + rest.partition(end)[2])
+
+
 SHARED_EFFICIENTNET = ROOT.parent / "shared" / "models" / "efficientnet_lite0_bn.onnx"
 ZOO = ROOT / "sample_models" / "zoo"
 
