@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .errors import UsageError
 from .graph.shapes import infer_shapes, node_macs, static_input_dims
 from .graph.units import Unit
 from .methods import METHODS
@@ -57,16 +56,20 @@ def budget_counts(
         if base:
             out = node.output[0]
             terms.append(CostTerm(float(base), consumer_of.get(out), producer_of.get(out)))
-    for unit in units:
-        if not any(t.output_unit == index[unit.name] for t in terms):
-            raise UsageError(f"cannot count the {kind} of '{unit.name}': pass --input-shape")
+    counted = {t.output_unit for t in terms}
+    frozen = [index[u.name] not in counted for u in units]
     total = float(before.macs if kind == "MACs" else before.parameters)
     damage = [_damage_curve(u, config) for u in units]
     channels = [u.channels for u in units]
-    kept = allocate(channels, damage, terms, fraction * total, config.round_to, config.min_keep)
+    kept = allocate(
+        channels, damage, terms, fraction * total, config.round_to, config.min_keep, frozen
+    )
     fixed = total - sum(t.base for t in terms)
     reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
     text = f"{kind} {reached:.1%} of the original (target {fraction:.1%})"
+    skipped = [u.name for u, f in zip(units, frozen, strict=True) if f]
+    if skipped:
+        text += f"; kept whole, {kind} unknown (pass --input-shape): {', '.join(skipped)}"
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
 
 
@@ -81,8 +84,8 @@ def _damage_curve(unit: Unit, config: PruneConfig) -> Callable[[int], float]:
         m = grid[i]
         kept = keep_best(unit.arrays.weight, m, config.criterion)
         solution = METHODS[config.method](unit.arrays, kept, config.options)
-        lam1, _ = regularisers(unit.arrays, kept, config.options)
-        points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1)
+        lam1, lam2 = regularisers(unit.arrays, kept, config.options)
+        points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1, lam2)
     xs = sorted(points)
     ys = [points[x] for x in xs]
     return lambda m: float(np.interp(m, xs, ys))

@@ -8,7 +8,9 @@ scan) and its quality metric against the unpruned model or the labels. Requires 
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,36 @@ def write_section(name: str, lines: list[str]) -> None:
         text += f"\n{start}\n{end}\n"
     head, _, rest = text.partition(start)
     DOC.write_text(head + "\n".join([start, "", *lines, "", end]) + rest.partition(end)[2])
+
+
+PEAK_HOOK = """
+import atexit, sys
+def _report_peak():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM"))
+    sys.stderr.write(f"\\nPEAK_KB {peak}\\n")
+atexit.register(_report_peak)
+"""
+
+
+def run_measured(
+    code: str, argv: list[str], ok_codes: tuple[int, ...] = (0, 4)
+) -> tuple[float, float]:
+    """Run ``code`` in a fresh interpreter with ``argv``; return wall seconds and peak resident
+    memory in MiB, as the child reports it (``VmHWM``, which starts afresh at exec; the
+    ``ru_maxrss`` of a child inherits the parent's high-water mark through fork)."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_HOOK + code, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode not in ok_codes:
+        raise RuntimeError(f"exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KB")]
+    return seconds, int(peak[-1].split()[1]) / 1024
 
 
 SHARED_EFFICIENTNET = ROOT.parent / "shared" / "models" / "efficientnet_lite0_bn.onnx"

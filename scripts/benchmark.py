@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import ROOT, BenchModel, development_models, write_section
+from bench_models import ROOT, BenchModel, development_models, run_measured, write_section
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
@@ -45,44 +44,31 @@ PLOTS = ROOT / "docs" / "plots"
 
 @dataclass
 class Cost:
-    """Wall seconds and peak RSS (MiB) of one child process."""
+    """Wall seconds and peak resident memory (MiB) of one child process."""
 
     seconds: float
     peak_mib: float
 
 
-def run_child(args: list[str]) -> Cost:
-    """Run a command, return its wall time and peak resident memory (from wait4)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 4):
-        raise RuntimeError(f"{' '.join(args)} exited {code}: {err.strip()[-300:]}")
-    return Cost(seconds, usage.ru_maxrss / 1024)
-
-
 FLOOR = """
-import sys
+import json
 from lbyl_onnx.graph.io import load_model, save_model
 from lbyl_onnx.check import validate
 model = load_model(sys.argv[1])
-validate(model, model, check_n=8)
+validate(model, model, check_n=8, input_shapes=json.loads(sys.argv[3]) or None)
 save_model(model, sys.argv[2])
 """
 
 
 def tool_cost(bench: BenchModel, folder: Path) -> tuple[Cost, Cost]:
-    """The command at ratio 0.3 (default method) and the floor: load, validate, save."""
-    out = folder / "out.onnx"
-    args = [sys.executable, "-c", "from lbyl_onnx.cli import main; main()"]
-    args += [str(bench.path), str(out), "--ratio", "0.3", "-q"]
+    """The command at ratio 0.3 (default method) and the floor: load, the same validation
+    runs (same input shapes), save."""
+    args = [str(bench.path), str(folder / "out.onnx"), "--ratio", "0.3", "-q"]
     for name, dims in (bench.input_shapes or {}).items():
         args += ["--input-shape", f"{name}:{','.join(map(str, dims))}"]
-    tool = run_child(args)
-    floor = run_child([sys.executable, "-c", FLOOR, str(bench.path), str(folder / "floor.onnx")])
+    tool = Cost(*run_measured("from lbyl_onnx.cli import main; main()", args))
+    shapes = json.dumps(bench.input_shapes or {})
+    floor = Cost(*run_measured(FLOOR, [str(bench.path), str(folder / "floor.onnx"), shapes]))
     return tool, floor
 
 
@@ -119,7 +105,10 @@ def headline(quality: dict[str, float]) -> tuple[str, float]:
     raise KeyError(quality)
 
 
-def measure_model(bench: BenchModel, ratios, n: int, with_cost: bool, repeats: int) -> dict:
+def measure_model(
+    bench: BenchModel, ratios, n: int, with_cost: bool, repeats: int, previous: dict | None
+) -> dict:
+    """Quality rows (reused from ``previous`` when given), then cost and latency."""
     original = load_model(bench.path)
     units, declined = lbyl_onnx.list_units(original)
     reasons: dict[str, int] = {}
@@ -134,9 +123,12 @@ def measure_model(bench: BenchModel, ratios, n: int, with_cost: bool, repeats: i
         "file_mib": bench.path.stat().st_size / 2**20,
         "rows": [],
     }
-    base = bench.quality(original, n)
-    result["original"] = base
-    calibration = bench.calibration(CALIBRATION_SAMPLES)
+    if previous is not None:
+        result["original"], result["rows"] = previous["original"], previous["rows"]
+        ratios = ()
+    else:
+        result["original"] = bench.quality(original, n)
+    calibration = bench.calibration(CALIBRATION_SAMPLES) if ratios else None
     for ratio in ratios:
         for method in METHODS:
             start = time.perf_counter()
@@ -326,19 +318,23 @@ def render(results: list[dict], command: str, quick: bool) -> list[str]:
             "",
             "### Cost of the tool",
             "",
-            "`lbyl-onnx IN OUT --ratio 0.3` as a child process (default method, validation on "
-            "8 random samples), against the floor: load + the same onnxruntime validation "
-            "runs + save, nothing else. Peak memory is the child's maximum resident set.",
+            "`lbyl-onnx IN OUT --ratio 0.3` as a child process (default method; validation on "
+            "8 random samples, or on one at the model's `--input-shape` where its sizes are "
+            "dynamic), against the floor: load + the same onnxruntime validation runs + save, "
+            "nothing else, in a child process too. Peak memory is each child's own high-water "
+            "mark (`VmHWM`). *extra / file*: the tool's peak above the floor's, in file sizes.",
             "",
             "| model | file MiB | tool s | floor s | tool / floor | tool peak MiB "
-            "| floor peak MiB |",
-            "|---|---|---|---|---|---|---|",
+            "| floor peak MiB | extra / file |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in costs:
             c = r["cost"]
+            extra = (c["tool_mib"] - c["floor_mib"]) / max(r["file_mib"], 1e-9)
             lines.append(
                 f"| {r['name']} | {r['file_mib']:.1f} | {c['tool_s']:.2f} | {c['floor_s']:.2f} "
-                f"| {c['tool_s'] / c['floor_s']:.2f} | {c['tool_mib']:.0f} | {c['floor_mib']:.0f} |"
+                f"| {c['tool_s'] / c['floor_s']:.2f} | {c['tool_mib']:.0f} | {c['floor_mib']:.0f} "
+                f"| {extra:.1f} |"
             )
         lines += [
             "",
@@ -364,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer inputs and ratios")
     parser.add_argument("--models", help="comma-separated subset of model names")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument(
+        "--reuse", type=Path, help="take the quality rows from this JSON; measure cost again"
+    )
     args = parser.parse_args(argv)
     ratios = (0.1, 0.3, 0.5) if args.quick else (0.1, 0.2, 0.3, 0.4, 0.5)
     n = 64 if args.quick else 256
@@ -373,14 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         wanted = set(args.models.split(","))
         models = [m for m in models if m.name in wanted]
+    reused = {r["name"]: r for r in json.loads(args.reuse.read_text())} if args.reuse else {}
     results = []
     for bench in models:
         print(f"{bench.name}: {bench.path}", flush=True)
-        results.append(
-            measure_model(
-                bench, ratios, n, with_cost=not args.quick, repeats=5 if args.quick else 10
-            )
-        )
+        repeats = 5 if args.quick else 10
+        previous = reused.get(bench.name)
+        results.append(measure_model(bench, ratios, n, not args.quick, repeats, previous))
     PLOTS.mkdir(parents=True, exist_ok=True)
     for r in results:
         if r["rows"]:

@@ -11,11 +11,8 @@ and the input file size, as a Markdown table (``--markdown`` appends it to
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import write_section
+from bench_models import run_measured, write_section
 
 
 def deep_chain(units: int, channels: int = 8, size: int = 8) -> onnx.ModelProto:
@@ -83,14 +80,7 @@ def wide_mlp(gib: float, hidden: int = 2048) -> onnx.ModelProto:
 
 def measure(path: Path, out: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``lbyl-onnx path out -q`` in a child process."""
-    args = [sys.executable, "-c", "from lbyl_onnx.cli import main; main()", str(path), str(out)]
-    start = time.perf_counter()
-    proc = subprocess.Popen([*args, "-q"], stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "failed")
-    return seconds, usage.ru_maxrss / 1024
+    return run_measured("from lbyl_onnx.cli import main; main()", [str(path), str(out), "-q"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,11 +25,12 @@ class Reader:
 
 @dataclass(frozen=True)
 class ConstantSource:
-    """Where a constant tensor's value lives: an initializer or a ``Constant`` node, possibly
-    reached through ``Identity`` nodes (``hops``)."""
+    """Where a constant tensor's value lives: an initializer, a ``Constant`` node, or a
+    ``ConstantOfShape`` node of a constant shape, possibly reached through ``Identity`` nodes
+    (``hops``)."""
 
     name: str
-    kind: str  # "initializer" or "constant"
+    kind: str  # "initializer", "constant" or "constant_of_shape"
     node: onnx.NodeProto | None
     hops: tuple[onnx.NodeProto, ...]
 
@@ -86,6 +87,10 @@ class GraphIndex:
                 return None
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 return ConstantSource(name, "constant", node, tuple(hops))
+            if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+                if self.value(node.input[0]) is None:
+                    return None
+                return ConstantSource(name, "constant_of_shape", node, tuple(hops))
             if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
                 hops.append(node)
                 name = node.input[0]
@@ -100,8 +105,14 @@ class GraphIndex:
                 self._values[name] = None
             elif src.kind == "initializer":
                 self._values[name] = numpy_helper.to_array(self.initializers[src.name])
-            else:
+            elif src.kind == "constant":
                 self._values[name] = constant_node_value(src.node)
+            else:
+                fill = attribute(src.node, "value")
+                fill = numpy_helper.to_array(fill).reshape(-1) if fill is not None else [0.0]
+                dtype = fill.dtype if isinstance(fill, np.ndarray) else np.float32
+                shape = [int(d) for d in self.value(src.node.input[0])]
+                self._values[name] = np.full(shape, fill[0], dtype=dtype)
         return self._values[name]
 
     def sole_reader(self, name: str) -> onnx.NodeProto | None:

@@ -112,8 +112,12 @@ class _Editor:
                 continue
             fresh = _fresh_name(names, name)
             tensor = numpy_helper.from_array(np.ascontiguousarray(value), fresh)
-            if source.kind == "initializer":
+            if source.kind in ("initializer", "constant_of_shape"):
                 graph.initializer.append(tensor)
+                if model.ir_version < 4:  # IR 3: every initializer is also a graph input
+                    graph.input.append(
+                        helper.make_tensor_value_info(fresh, tensor.data_type, list(value.shape))
+                    )
             else:
                 const = helper.make_node("Constant", [], [fresh], name=fresh, value=tensor)
                 position = list(graph.node).index(operand.node)
@@ -179,12 +183,12 @@ def _remove_unread(model: onnx.ModelProto, detached: list[str]) -> None:
             dead_initializers.add(name)
             continue
         node = index.producer.get(name)
-        if node is None or node.op_type not in ("Constant", "Identity"):
+        if node is None or node.op_type not in ("Constant", "Identity", "ConstantOfShape"):
             continue
         if any(readers.get(o, 0) for o in node.output) or node.output[0] in dead_nodes:
             continue
         dead_nodes.add(node.output[0])
-        if node.op_type == "Identity":
+        if node.op_type in ("Identity", "ConstantOfShape"):
             readers[node.input[0]] = readers.get(node.input[0], 0) - 1
             pending.append(node.input[0])
     graph = model.graph

@@ -89,16 +89,22 @@ def static_input_dims(model: onnx.ModelProto, value: int = 1) -> dict[str, list[
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
-    """Elements of every floating-point initializer and ``Constant`` node."""
+    """Elements of every floating-point initializer, ``Constant`` node and ``ConstantOfShape``
+    of a constant shape (weights generated at load time)."""
     total = 0
     for init in model.graph.initializer:
         if init.data_type in _FLOAT_TYPES:
             total += int(np.prod(init.dims, dtype=np.int64))
+    shapes = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = constant_node_value(node)
             if value is not None and np.issubdtype(value.dtype, np.floating):
                 total += int(value.size)
+        elif node.op_type == "ConstantOfShape" and node.input[0] in shapes:
+            fill = attribute(node, "value")
+            if fill is None or fill.data_type in _FLOAT_TYPES:
+                total += int(np.prod(numpy_helper.to_array(shapes[node.input[0]]), dtype=np.int64))
     return total
 
 

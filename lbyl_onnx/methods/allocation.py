@@ -64,13 +64,18 @@ def allocate(
     target: float,
     round_to: int = 1,
     min_keep: float = 0.0,
+    frozen: Sequence[bool] | None = None,
 ) -> list[int]:
     """Kept counts per unit whose total cost is at most ``target`` (or as low as the grid
     allows), choosing greedily by damage added per cost saved (module docstring).
 
-    ``damage[u](m)`` is unit ``u``'s damage when it keeps ``m`` channels (0 at ``m = N``).
+    ``damage[u](m)`` is unit ``u``'s damage when it keeps ``m`` channels (0 at ``m = N``);
+    ``frozen`` units keep all their channels.
     """
-    grids = [candidate_counts(n, round_to, min_keep) for n in channels]
+    grids = [
+        [n] if frozen and frozen[u] else candidate_counts(n, round_to, min_keep)
+        for u, n in enumerate(channels)
+    ]
     position = [0] * len(channels)
     kept = list(channels)
     cost = total_cost(terms, kept, channels)

@@ -147,10 +147,16 @@ def relative_residual(
     return error / baseline
 
 
-def layer_damage(layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float) -> float:
-    """The error compensation leaves of the removed channels (filter and bias terms of the
-    LBYL objective), as a fraction of the whole layer's ``sum_i |wt_i|^2 + lam1 bt_i^2``:
-    a data-free measure of how much of the layer's signal a choice of ``kept`` loses."""
+def layer_damage(
+    layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float, lam2: float
+) -> float:
+    """The LBYL objective of the removed channels at ``S`` (filter, bias and ridge terms), as
+    a fraction of the whole layer's ``sum_i |wt_i|^2 + lam1 bt_i^2``: a data-free measure of
+    how much of the layer's signal a choice of ``kept`` loses. The ridge term stands for the
+    activation's share: a combination ``s`` of rectified channels misses ``relu(s^T z)`` by
+    about ``0.34 sum_t s_t^2 |wt_t|^2`` (zero-mean Gaussian pre-activations), which is what
+    ``lam2 |s|^2`` with the default ridge measures; without it, filter reconstructions that
+    mix signs would look free (see docs/method.md)."""
     removed = removed_channels(layer.channels, kept)
     wt, bt = layer.folded_weight, layer.folded_bias
     total = float(np.sum(wt**2) + lam1 * np.sum(bt**2))
@@ -159,6 +165,7 @@ def layer_damage(layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1
     coeffs = scaling[removed]
     error = np.sum((wt[removed] - coeffs @ wt[kept]) ** 2)
     error += lam1 * np.sum((bt[removed] - coeffs @ bt[kept]) ** 2)
+    error += lam2 * np.sum(coeffs**2)
     return float(error) / total
 
 

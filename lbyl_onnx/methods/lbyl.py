@@ -46,7 +46,7 @@ def lbyl_coefficients(
             solution = scipy.linalg.solve(gram, rhs, assume_a="pos")
         cholesky = True
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
-        solution = scipy.linalg.lstsq(gram, rhs)[0]
+        solution = scipy.linalg.lstsq(gram, rhs, lapack_driver="gelsy")[0]
         cholesky = False
     return solution.T, cholesky
 
