@@ -165,7 +165,7 @@ def prune(
                 method=config.method,
                 residual=round(solution.residual, 6),
                 consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
-                notes=[*unit.notes, *solution.notes],
+                notes=[*_unit_notes(unit, statistics), *solution.notes],
             )
         )
     if progress:
@@ -262,12 +262,20 @@ def _ratio_count(unit: Unit, config: PruneConfig) -> int:
     return min(m, unit.channels)
 
 
+def _unit_notes(unit: Unit, statistics: dict | None) -> list[str]:
+    """The unit's notes; calibration observes the channels after any pooling, so the note
+    that folding through a max-pool is approximate does not apply to it."""
+    if statistics is None:
+        return unit.notes
+    return [note for note in unit.notes if "approximate" not in note]
+
+
 def _mode(config: PruneConfig) -> str:
     if not config.calibration_data:
         return "data-free"
     count = len(next(iter(config.calibration_data.values())))
     solved = "activation-space least squares" if config.method == "lbyl" else config.method
-    return f"calibrated on {count} samples ({solved} + bias correction)"
+    return f"calibrated on {count} samples: {solved} + bias correction"
 
 
 def _unmatched_patterns(

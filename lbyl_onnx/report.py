@@ -95,7 +95,7 @@ def format_report(report: Report, verbose: bool = False) -> str:
     pruned = [u for u in report.units if u.channels_after < u.channels_before]
     scope = "ratios from the budget" if report.budget else f"ratio {report.ratio:g}"
     lines = [
-        f"method {report.method} ({report.mode}), criterion {report.criterion}, {scope}: "
+        f"method {report.method} [{report.mode}], criterion {report.criterion}, {scope}: "
         f"{len(pruned)} unit(s) pruned, {len(report.units) - len(pruned)} unchanged, "
         f"{len(report.declined)} declined",
         "",
