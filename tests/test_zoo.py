@@ -10,6 +10,7 @@ reason printed otherwise.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
@@ -25,9 +26,11 @@ SHAPES = {
     "yolov8n_nudenet": {"images": [1, 3, 64, 64]},
 }
 HEAVY = {"light_vgg19", "light_bvlc_alexnet", "light_zfnet512"}
-"""Fully connected layers of 37M to 103M weights: minutes per method on 2 cores, so they are
-run by ``scripts/zoo_report.py``, not by the suite."""
-LIGHT_MODELS = sorted(p for p in LIGHT.glob("light_*.onnx") if p.stem not in HEAVY)
+"""Fully connected layers of 37M to 103M weights: minutes per method on 2 cores, too slow
+for the suite; ``HEAVY_ZOO=1`` includes them."""
+LIGHT_MODELS = sorted(
+    p for p in LIGHT.glob("light_*.onnx") if os.environ.get("HEAVY_ZOO") or p.stem not in HEAVY
+)
 ZOO_MODELS = [
     *(ZOO / f"{name}.onnx" for name in ("centerface", "vgg16_tumor", "ppocrv4_det")),
     ZOO / "yolov8n_nudenet.onnx",
