@@ -95,6 +95,8 @@ def latency_feeds(bench: BenchModel, batch: int) -> dict[str, np.ndarray] | None
     first = sess_inputs.get_inputs()[0].shape[0]
     if isinstance(first, int) and first != batch:
         return None  # fixed batch size: only that one is measured
+    if any(len(v) < batch for v in feeds.values()):
+        return None  # a single evaluation input (the document page): batch 1 only
     return {k: v[:batch] for k, v in feeds.items()}
 
 
