@@ -375,7 +375,7 @@ def test_merging_restores_positive_multiples_exactly_in_relu_network(data):
     np.testing.assert_allclose(sol.scaling[removed], coeffs, rtol=1e-9, atol=1e-12)
     y, y_new = relu_network_outputs(layer, kept, sol.scaling, rng)
     assert np.abs(y_new - y).max() <= 1e-9 * max(np.abs(y).max(), 1.0)
-    assert sol.residual <= 1e-18
+    assert sol.residual <= 1e-12  # the residual comes from the Gram matrix: float64 cancellation
 
 
 @given(restorable(linear=False))

@@ -31,6 +31,21 @@ class BatchNormParams:
         return self.gamma.astype(np.float64) / self.sigma
 
 
+COLUMN_BLOCK = 8192
+"""Columns of the filters converted to float64 at a time: memory stays O(N^2 + N * block)."""
+
+
+def filter_gram(weight: np.ndarray) -> np.ndarray:
+    """``G = W W^T`` in float64 for filters ``W`` (``N x d``), accumulated over column blocks
+    so that no float64 copy of the whole weight is made."""
+    rows = weight.reshape(weight.shape[0], -1)
+    gram = np.zeros((rows.shape[0], rows.shape[0]))
+    for start in range(0, rows.shape[1], COLUMN_BLOCK):
+        block = rows[:, start : start + COLUMN_BLOCK].astype(np.float64)
+        gram += block @ block.T
+    return gram
+
+
 @dataclass(frozen=True)
 class LayerArrays:
     """The producer of one unit, as arrays.
@@ -48,6 +63,21 @@ class LayerArrays:
     @property
     def channels(self) -> int:
         return int(self.weight.shape[0])
+
+    @cached_property
+    def raw_gram(self) -> np.ndarray:
+        """``w_i . w_k`` for the raw filters (``N x N``, float64)."""
+        return filter_gram(self.weight)
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """``wt_i . wt_k`` for the folded filters: ``rho_i rho_k (w_i . w_k)`` with BN.
+
+        Every method needs the filters only through these inner products, so memory is
+        ``O(N^2)`` whatever the filter size ``d``."""
+        if self.bn is None:
+            return self.raw_gram
+        return self.raw_gram * np.outer(self.bn.rho, self.bn.rho)
 
     @cached_property
     def folded_weight(self) -> np.ndarray:
@@ -72,7 +102,7 @@ class LayerArrays:
         """
         if self.bn is None or not self.bn.statistics:
             return 1.0
-        norms = np.sum(self.weight.astype(np.float64) ** 2, axis=1)
+        norms = np.diag(self.raw_gram)
         alive = norms > 1e-12 * max(float(norms.max()), 1e-30)
         if not np.any(alive):
             return 1.0
@@ -128,6 +158,23 @@ def removed_channels(channels: int, kept: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def _removed_error(
+    layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float
+) -> tuple[float, np.ndarray]:
+    """``sum_j |wt_j - Wt_P^T s_j|^2 + lam1 (bt_j - bt_P^T s_j)^2`` over removed ``j``, from
+    the Gram matrix (``|a - b|^2 = G_aa - 2 G_ab + G_bb``), and the removed rows of ``S``."""
+    removed = removed_channels(layer.channels, kept)
+    g, bt = layer.gram, layer.folded_bias
+    coeffs = scaling[removed]  # (r, m)
+    error = (
+        np.trace(g[np.ix_(removed, removed)])
+        - 2.0 * np.sum(coeffs * g[np.ix_(removed, kept)])
+        + np.sum((coeffs @ g[np.ix_(kept, kept)]) * coeffs)
+    )
+    error += lam1 * np.sum((bt[removed] - coeffs @ bt[kept]) ** 2)
+    return max(float(error), 0.0), coeffs
+
+
 def relative_residual(
     layer: LayerArrays, kept: np.ndarray, scaling: np.ndarray, lam1: float
 ) -> float:
@@ -136,15 +183,12 @@ def relative_residual(
     removed = removed_channels(layer.channels, kept)
     if len(removed) == 0:
         return 0.0
-    wt, bt = layer.folded_weight, layer.folded_bias
-    coeffs = scaling[removed]  # (r, m)
-    dw = wt[removed] - coeffs @ wt[kept]
-    db = bt[removed] - coeffs @ bt[kept]
-    error = float(np.sum(dw**2) + lam1 * np.sum(db**2))
-    baseline = float(np.sum(wt[removed] ** 2) + lam1 * np.sum(bt[removed] ** 2))
-    if baseline <= 0.0:
-        return 0.0
-    return error / baseline
+    error, _ = _removed_error(layer, kept, scaling, lam1)
+    bt = layer.folded_bias
+    baseline = float(
+        np.trace(layer.gram[np.ix_(removed, removed)]) + lam1 * np.sum(bt[removed] ** 2)
+    )
+    return error / baseline if baseline > 0.0 else 0.0
 
 
 def layer_damage(
@@ -158,15 +202,11 @@ def layer_damage(
     ``lam2 |s|^2`` with the default ridge measures; without it, filter reconstructions that
     mix signs would look free (see docs/method.md)."""
     removed = removed_channels(layer.channels, kept)
-    wt, bt = layer.folded_weight, layer.folded_bias
-    total = float(np.sum(wt**2) + lam1 * np.sum(bt**2))
+    total = float(np.trace(layer.gram) + lam1 * np.sum(layer.folded_bias**2))
     if len(removed) == 0 or total <= 0:
         return 0.0
-    coeffs = scaling[removed]
-    error = np.sum((wt[removed] - coeffs @ wt[kept]) ** 2)
-    error += lam1 * np.sum((bt[removed] - coeffs @ bt[kept]) ** 2)
-    error += lam2 * np.sum(coeffs**2)
-    return float(error) / total
+    error, coeffs = _removed_error(layer, kept, scaling, lam1)
+    return (error + lam2 * float(np.sum(coeffs**2))) / total
 
 
 def regularisers(
@@ -183,8 +223,7 @@ def regularisers(
     The ridge is relative to the kept filters' mean square norm:
     ``lam2 = ridge * trace(Wt_P Wt_P^T) / m``, so it means the same in every layer.
     """
-    wt = layer.folded_weight[kept]
-    scale = float(np.sum(wt**2)) / max(len(kept), 1)
+    scale = float(np.trace(layer.gram[np.ix_(kept, kept)])) / max(len(kept), 1)
     lam1 = options.bias_weight / layer.input_second_moment()
     lam2 = options.ridge * scale
     return lam1, lam2

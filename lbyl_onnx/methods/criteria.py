@@ -5,23 +5,39 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.spatial.distance import cdist
+
+from .base import COLUMN_BLOCK, filter_gram
+
+
+def _row_sums(weight: np.ndarray, transform) -> np.ndarray:
+    """``sum_k transform(w_ik)`` per row in float64, over column blocks (no full copy)."""
+    total = np.zeros(weight.shape[0])
+    for start in range(0, weight.shape[1], COLUMN_BLOCK):
+        total += transform(weight[:, start : start + COLUMN_BLOCK].astype(np.float64)).sum(1)
+    return total
 
 
 def l2_score(weight: np.ndarray) -> np.ndarray:
     """``|w_i|_2``: the paper's default criterion."""
-    return np.sqrt(np.sum(weight.astype(np.float64) ** 2, axis=1))
+    return np.sqrt(_row_sums(weight, np.square))
 
 
 def l1_score(weight: np.ndarray) -> np.ndarray:
     """``|w_i|_1``."""
-    return np.sum(np.abs(weight.astype(np.float64)), axis=1)
+    return _row_sums(weight, np.abs)
 
 
 def geometric_median_score(weight: np.ndarray) -> np.ndarray:
-    """``sum_k |w_i - w_k|_2``: filters nearest the geometric median score lowest (FPGM)."""
-    w = weight.astype(np.float64)
-    return cdist(w, w).sum(axis=1)
+    """``sum_k |w_i - w_k|_2``: filters nearest the geometric median score lowest (FPGM).
+
+    Distances from the Gram matrix: ``|w_i - w_k|^2 = G_ii + G_kk - 2 G_ik``."""
+    g = filter_gram(weight)
+    diag = np.diag(g)
+    squared = diag[:, None] + diag[None, :] - 2.0 * g
+    # cancellation leaves ~1e-16 |w|^2 where filters are equal: that is a distance of 0
+    squared[squared <= 1e-12 * max(float(diag.max(initial=0.0)), 1e-300)] = 0.0
+    np.fill_diagonal(squared, 0.0)
+    return np.sqrt(squared).sum(axis=1)
 
 
 CRITERIA: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -44,8 +60,12 @@ def choose_kept(weight: np.ndarray, ratio: float, criterion: str = "l2") -> np.n
 def keep_best(weight: np.ndarray, m: int, criterion: str = "l2") -> np.ndarray:
     """Sorted indices of the ``m`` filters with the highest score.
 
-    Ties are broken by index (a stable sort), so the choice is deterministic.
+    Scores equal to 12 significant digits are ties (floating-point noise, e.g. between
+    duplicate filters, must not decide), broken by index: the choice is deterministic.
     """
     scores = CRITERIA[criterion](weight.reshape(weight.shape[0], -1))
+    scale = float(np.max(np.abs(scores))) if scores.size else 0.0
+    if scale > 0:
+        scores = np.round(scores / scale, 12)
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:m])

@@ -31,15 +31,16 @@ from .base import (
 
 
 def lbyl_coefficients(
-    wt: np.ndarray, bt: np.ndarray, kept: np.ndarray, removed: np.ndarray, lam1: float, lam2: float
+    g: np.ndarray, bt: np.ndarray, kept: np.ndarray, removed: np.ndarray, lam1: float, lam2: float
 ) -> tuple[np.ndarray, bool]:
-    """Coefficients ``s_j`` (rows, ``len(removed) x m``) of the folded closed form.
+    """Coefficients ``s_j`` (rows, ``len(removed) x m``) of the folded closed form, from the
+    folded filters' Gram matrix ``g`` (``Wt_P Wt_P^T = g[P, P]``, ``Wt_P wt_j = g[P, j]``).
 
     Returns the coefficients and whether the Cholesky solve succeeded (False: least squares).
     """
-    wp, bp = wt[kept], bt[kept]
-    gram = wp @ wp.T + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
-    rhs = wp @ wt[removed].T + lam1 * np.outer(bp, bt[removed])
+    bp = bt[kept]
+    gram = g[np.ix_(kept, kept)] + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
+    rhs = g[np.ix_(kept, removed)] + lam1 * np.outer(bp, bt[removed])
     try:
         with warnings.catch_warnings():  # an ill-conditioned solve warns instead of raising
             warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
@@ -73,8 +74,9 @@ def solve_lbyl(layer: LayerArrays, kept: np.ndarray, options: MethodOptions) -> 
     lam1, lam2 = regularisers(layer, kept, options)
     notes: list[str] = []
     if len(removed):
-        wt, bt = layer.folded_weight, layer.folded_bias
-        coeffs, cholesky = lbyl_coefficients(wt, bt, kept, removed, lam1, lam2)
+        coeffs, cholesky = lbyl_coefficients(
+            layer.gram, layer.folded_bias, kept, removed, lam1, lam2
+        )
         scaling[removed] = coeffs
         if not cholesky:
             notes.append("singular system: least-squares solve")

@@ -33,13 +33,13 @@ def solve_merging(layer: LayerArrays, kept: np.ndarray, options: MethodOptions) 
     lam1, _ = regularisers(layer, kept, options)
     if len(removed) == 0:
         return Solution(scaling, 0.0)
-    wt, bt = layer.folded_weight, layer.folded_bias
-    norms = np.sqrt(np.sum(wt**2, axis=1))
+    g, bt = layer.gram, layer.folded_bias
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     kept_norms, removed_norms = norms[kept], norms[removed]
     usable = kept_norms > 0  # a zero filter cannot stand in for anything
     safe_kept = np.where(usable, kept_norms, 1.0)
     safe_removed = np.where(removed_norms > 0, removed_norms, 1.0)
-    cos = (wt[removed] @ wt[kept].T) / (safe_removed[:, None] * safe_kept[None, :])
+    cos = g[np.ix_(removed, kept)] / (safe_removed[:, None] * safe_kept[None, :])
     ratio = removed_norms[:, None] / safe_kept[None, :]
     mismatch = np.abs(bt[removed][:, None] - ratio * bt[kept][None, :])
     masked = np.where(usable[None, :], mismatch, np.nan)
