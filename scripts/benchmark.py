@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r["rows"]:
             plot(r, PLOTS / f"{r['name']}.png")
-    command = " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])])
+    shown = [Path(a).name if os.path.isabs(a) else a for a in (argv or sys.argv[1:])]
+    command = " ".join(["python scripts/benchmark.py", *shown])
     write_section("generated", render(results, command, args.quick))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -11,7 +11,7 @@ of the zoo as well; :func:`light_models` lists them in place (nothing is copied)
 Usage::
 
     python scripts/fetch_models.py                      # fetch all models
-    python scripts/fetch_models.py --only centerface.onnx --out /tmp/zoo
+    python scripts/fetch_models.py --only centerface.onnx --out other/folder
 
 Other scripts can ``from fetch_models import zoo_models, light_models`` (with ``scripts/`` on
 ``sys.path``) to enumerate the available models.
