@@ -229,14 +229,6 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt_count(value: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(value) < 1000:
-            return f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{value:.3g}T"
-
-
 def render(results: list[dict], command: str, quick: bool) -> list[str]:
     versions = {
         "python": platform.python_version(),

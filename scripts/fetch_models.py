@@ -6,15 +6,12 @@ into ``sample_models/zoo/`` (git-ignored) and checks its sha256 against the valu
 :data:`MODELS`. Models already present with the right checksum are skipped.
 
 The small ``light_*.onnx`` models of the installed ``onnx`` package's backend test data are part
-of the zoo as well; :func:`light_models` lists them in place (nothing is copied).
+of the zoo as well; they are used in place (``tests/test_zoo.py``), nothing is copied.
 
 Usage::
 
     python scripts/fetch_models.py                      # fetch all models
     python scripts/fetch_models.py --only centerface.onnx --out other/folder
-
-Other scripts can ``from fetch_models import zoo_models, light_models`` (with ``scripts/`` on
-``sys.path``) to enumerate the available models.
 """
 
 from __future__ import annotations
@@ -91,43 +88,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def zoo_models(root: str | Path | None = None) -> dict[str, Path]:
-    """Return the pinned zoo models present in a zoo directory.
-
-    Args:
-        root: the zoo directory (where :func:`fetch` puts the files); defaults to
-            ``<repo>/sample_models/zoo``. Checksums are not re-verified here.
-
-    Returns:
-        Model name (file name without ``.onnx``, e.g. ``"centerface"``) -> path, in the order
-        of :data:`MODELS`, for each file that exists.
-    """
-    zoo = Path(root) if root is not None else DEFAULT_OUT
-    found: dict[str, Path] = {}
-    for name in MODELS:
-        path = zoo / name
-        if path.is_file():
-            found[Path(name).stem] = path
-    return found
-
-
-def light_models() -> dict[str, Path]:
-    """Return the ``light_*.onnx`` models of the installed ``onnx`` package's test data.
-
-    They live in ``onnx/backend/test/data/light/`` and are listed in place, not copied.
-
-    Returns:
-        Model name (file name without ``.onnx``, e.g. ``"light_resnet50"``) -> path, sorted by
-        name; empty if the installed ``onnx`` does not ship them.
-    """
-    import onnx
-
-    folder = Path(onnx.__file__).resolve().parent / "backend" / "test" / "data" / "light"
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("light_*.onnx")) if p.is_file()}
 
 
 def _pip_download(requirement: str, dest: Path, binary_only: bool) -> Path:

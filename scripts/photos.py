@@ -115,11 +115,6 @@ def _colour_photos() -> tuple[tuple[str, Image.Image], ...]:
     return tuple(photos)
 
 
-def photo_names() -> list[str]:
-    """Names of the colour photos that :func:`photo_batch` cycles over, in order."""
-    return [name for name, _ in _colour_photos()]
-
-
 def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int):
         height = width = size
@@ -164,7 +159,7 @@ def photo_batch(
 ) -> np.ndarray:
     """Make ``n`` realistic RGB inputs from the bundled photos, deterministically.
 
-    Image ``i`` is taken from colour photo ``i % len(photos)`` (see :func:`photo_names`): a crop
+    Image ``i`` is taken from colour photo ``i % len(photos)`` (module docstring): a crop
     with the target aspect ratio whose short side is a random 35-100 % of the photo's short side,
     at a random position, flipped horizontally with probability 1/2, and resized (antialiased
     bilinear, Pillow) to ``size``. Pixels are RGB in 0..255 before normalisation.
@@ -245,19 +240,3 @@ def page_image(
     resized = Image.fromarray(gray).resize((width, height), resample=Image.Resampling.BILINEAR)
     rgb = np.repeat(np.asarray(resized)[None, :, :, None], 3, axis=3)
     return _normalise(rgb, mean, std, scale, layout)
-
-
-def efficientnet_inputs(n: int, seed: int = 0, layout: str = "NCHW") -> np.ndarray:
-    """Return ``n`` 224x224 inputs with EfficientNet-Lite0's preprocessing.
-
-    That is RGB/255 followed by ``(x - 0.498) / 0.502``; see :func:`photo_batch`.
-    """
-    return photo_batch(
-        n,
-        size=224,
-        mean=EFFICIENTNET_LITE_MEAN,
-        std=EFFICIENTNET_LITE_STD,
-        layout=layout,
-        scale=1 / 255,
-        seed=seed,
-    )

@@ -115,13 +115,6 @@ class GraphIndex:
                 self._values[name] = np.full(shape, fill[0], dtype=dtype)
         return self._values[name]
 
-    def sole_reader(self, name: str) -> onnx.NodeProto | None:
-        """The only node that reads ``name`` (None if several, none, or a graph output)."""
-        readers = self.readers.get(name, [])
-        if len(readers) != 1 or name in self.graph_outputs or readers[0].index < 0:
-            return None
-        return readers[0].node
-
     def is_shared(self, name: str) -> bool:
         """Whether the constant behind ``name`` is read by more than one node."""
         src = self.source(name)

@@ -62,7 +62,7 @@ def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarr
     return np.ascontiguousarray(folded).astype(weight.dtype)
 
 
-def take_channels(value: np.ndarray, kept: np.ndarray, channels: int, axis: int) -> np.ndarray:
+def take_channels(value: np.ndarray, kept: np.ndarray, axis: int) -> np.ndarray:
     """``value`` restricted to ``kept`` along ``axis``; broadcast (size-1) values unchanged."""
     if value.size == 1:
         return value
@@ -292,7 +292,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
             operands.append(unit.slope)
         for operand in operands:
             axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
-            editor.edit(operand, lambda v, k=kept, a=axis, c=n: take_channels(v, k, c, a))
+            editor.edit(operand, lambda v, k=kept, a=axis: take_channels(v, k, a))
         for target, block in unit.reshapes:
             editor.edit(target, lambda v, c=m * block: _reshape_target(v, c))
         stale.update(unit.tensors)

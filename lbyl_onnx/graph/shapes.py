@@ -154,7 +154,3 @@ def _known(shape: Shape | None) -> list[int] | None:
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each op type the main graph has."""
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
-
-
-def tensor_value(init: onnx.TensorProto) -> np.ndarray:
-    return numpy_helper.to_array(init)
