@@ -172,6 +172,8 @@ def prune(
         progress(len(units), len(units))
 
     apply_plans(work, plans)
+    found_units = bool(units)
+    del plans, units, statistics  # the weights as arrays are no longer needed: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
         onnx.checker.check_model(work, full_check=True)
@@ -184,7 +186,7 @@ def prune(
         validation = validate(
             original, work, config.check_n, config.seed, config.input_shapes, config.input_data
         )
-    if not units:
+    if not found_units:
         warnings.append("no prunable unit found: the model is unchanged")
     measured_shapes = config.input_shapes or (validation.input_shapes if validation else None)
     report = Report(

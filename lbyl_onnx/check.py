@@ -184,6 +184,7 @@ def validate(
     if reference is None:
         message = f"the original model does not run on these inputs: {_line(error)}"
         return Validation("unavailable", inputs, message)
+    del reference_session  # one model in onnxruntime at a time: bounded memory
     try:
         outputs = session(pruned).run(names, feeds)
     except Exception as caught:

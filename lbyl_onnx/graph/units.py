@@ -195,7 +195,7 @@ def _match_producer(index: GraphIndex, node: onnx.NodeProto):
             if bias.value.size not in (1, n) or (bias.value.ndim == 2 and bias.value.shape[0] != 1):
                 raise _Decline(f"Gemm bias of shape {list(bias.value.shape)} is not per-channel")
             b = beta * np.broadcast_to(bias.value.reshape(-1), (n,))
-        return "gemm", weight, bias, alpha * rows, b, node.output[0]
+        return "gemm", weight, bias, rows if alpha == 1 else alpha * rows, b, node.output[0]
     # MatMul: x @ B with B (K x N), optionally followed by Add of a per-channel bias
     weight = _constant(index, node, 1, "weight")
     if weight.value.ndim != 2:
