@@ -28,8 +28,10 @@ from .graph.shapes import (
 )
 from .graph.units import Declined, Unit, find_units
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count
-from .methods.calibrated import ActivationStats, mean_offsets, solve_calibrated
+from .methods.base import offsets_from_means
+from .methods.calibrated import ActivationStats, solve_calibrated
 from .methods.criteria import keep_best
+from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
 
 
@@ -58,6 +60,7 @@ class PruneConfig:
     input_data: dict[str, np.ndarray] | None = None
     calibration_data: dict[str, np.ndarray] | None = None
     calibration_ridge: float = 1e-3
+    bias_correction: bool = False
 
     def validated(self) -> PruneConfig:
         """Raise :class:`UsageError` for an option outside its domain."""
@@ -246,12 +249,26 @@ def _solve(
     """The method's solution; with calibration statistics, LBYL becomes the activation-space
     least squares, and the other methods gain the bias correction."""
     if statistics is None:
-        return METHODS[config.method](unit.arrays, kept, config.options)
+        solution = METHODS[config.method](unit.arrays, kept, config.options)
+        if config.bias_correction and trusted_means(unit):
+            bn = unit.arrays.bn
+            means = activation_means(bn.beta, bn.gamma, unit.activation_model)
+            solution.offsets = offsets_from_means(means, solution.scaling, kept)
+            solution.notes.append("bias correction from BatchNormalization statistics")
+        return solution
     if config.method == "lbyl":
         return solve_calibrated(statistics, kept, config.calibration_ridge)
     solution = METHODS[config.method](unit.arrays, kept, config.options)
-    solution.offsets = mean_offsets(statistics, solution.scaling, kept)
+    solution.offsets = offsets_from_means(statistics.mean, solution.scaling, kept)
     return solution
+
+
+def trusted_means(unit: Unit) -> bool:
+    """The data-free bias correction's trust rule: the unit keeps a BatchNormalization with
+    running statistics (so its channels' means are known without data), and no max-pool
+    sits between the activation and the consumers (a max does not preserve means)."""
+    bn = unit.arrays.bn
+    return bn is not None and bn.statistics and not any("approximate" in n for n in unit.notes)
 
 
 def _ratio_count(unit: Unit, config: PruneConfig) -> int:

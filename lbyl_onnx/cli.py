@@ -193,6 +193,12 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Real samples for validation instead of random ones.",
 )
 @click.option(
+    "--bias-correction",
+    is_flag=True,
+    help="Data-free: fold the mean that compensation leaves of each removed channel into the "
+    "consumers' biases, where BatchNormalization statistics give the means (experimental).",
+)
+@click.option(
     "--calibration-data",
     "calibration_path",
     metavar="FILE.npz",
@@ -286,6 +292,7 @@ def _run(o: SimpleNamespace) -> int:
         input_shapes=dict(_parse_shape(t) for t in o.input_shape) or None,
         input_data=dict(_load_input_data(t) for t in o.input_data) or None,
         calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
+        bias_correction=o.bias_correction,
     )
     show = sys.stderr.isatty() and not o.quiet
     bars = []

@@ -14,7 +14,8 @@ from models import conv_net, dense_net, random_feeds, weights_of
 from lbyl_onnx import prune
 from lbyl_onnx.check import session
 from lbyl_onnx.cli import main
-from lbyl_onnx.methods.calibrated import ActivationStats, mean_offsets, solve_calibrated
+from lbyl_onnx.methods.base import offsets_from_means
+from lbyl_onnx.methods.calibrated import ActivationStats, solve_calibrated
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"
@@ -47,7 +48,8 @@ def test_mean_offsets_are_what_the_kept_channels_do_not_carry() -> None:
     stats.add(np.array([[1.0, 2.0, 10.0], [3.0, 4.0, 12.0]]))  # means 2, 3, 11
     kept = np.array([0, 1])
     scaling = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
-    np.testing.assert_allclose(mean_offsets(stats, scaling, kept), [0.0, 0.0, 11 - 4 - 3])
+    offsets = offsets_from_means(stats.mean, scaling, kept)
+    np.testing.assert_allclose(offsets, [0.0, 0.0, 11 - 4 - 3])
 
 
 def _affine_chain() -> tuple:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..methods import BatchNormParams, LayerArrays
+from ..methods.moments import Activation
 from .index import GraphIndex, attribute
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "PRelu"}
@@ -84,6 +85,8 @@ class Unit:
     tensors: list[str]
     """Every tensor whose channel count changes (their recorded shapes go stale)."""
     arrays: LayerArrays
+    activation_model: Activation = field(default_factory=lambda: Activation("identity"))
+    """The activation as the data-free moment formulas see it."""
     reshapes: list[tuple[Operand, int]] = field(default_factory=list)
     """Reshape targets ``[batch, N*block]`` whose second entry becomes ``m*block``."""
     record: str = ""
@@ -302,6 +305,23 @@ def _match_activation(
     return None
 
 
+def _activation_model(
+    index: GraphIndex, node: onnx.NodeProto, slope: Operand | None, n: int
+) -> Activation:
+    """The matched activation node as an :class:`Activation` record."""
+    if node.op_type == "Relu":
+        return Activation("relu")
+    if node.op_type == "LeakyRelu":
+        return Activation("leaky", np.full(n, float(attribute(node, "alpha", 0.01))))
+    if node.op_type == "PRelu":
+        value = slope.value if slope is not None else index.value(node.input[1])
+        return Activation("leaky", np.broadcast_to(value.reshape(-1), (n,)).astype(np.float64))
+    high = attribute(node, "max") if index.opset < 11 else None
+    if index.opset >= 11 and len(node.input) > 2 and node.input[2]:
+        high = float(index.value(node.input[2]).reshape(-1)[0])
+    return Activation("clip", high=None if high is None else float(high))
+
+
 def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     kind, weight, bias, rows, b, tensor = _match_producer(index, producer)
     n = rows.shape[0]
@@ -327,9 +347,11 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         reader = _next(index, tensor)
     activation = None
     slope = None
+    activation_model = Activation("identity")
     if reader is not None and reader.op_type in ACTIVATIONS:
         activation = reader
         slope = _match_activation(index, activation, n, channel_axis)
+        activation_model = _activation_model(index, activation, slope, n)
         tensor = activation.output[0]
         tensors.append(tensor)
     layout = "spatial" if kind == "conv" else "features"
@@ -351,6 +373,7 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         consumers=consumers,
         tensors=tensors,
         arrays=arrays,
+        activation_model=activation_model,
         reshapes=reshapes,
         record=record,
         notes=notes,

@@ -209,6 +209,13 @@ def layer_damage(
     return (error + lam2 * float(np.sum(coeffs**2))) / total
 
 
+def offsets_from_means(means: np.ndarray, scaling: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Bias correction for any ``S``: ``e_j = E[r_j] - S_j^T E[r_P]``, what the kept channels
+    do not carry of a removed channel's mean (0 on kept rows, where ``S_j`` is a unit
+    vector)."""
+    return means - scaling @ means[kept]
+
+
 def regularisers(
     layer: LayerArrays, kept: np.ndarray, options: MethodOptions
 ) -> tuple[float, float]:

@@ -78,10 +78,3 @@ def solve_calibrated(stats: ActivationStats, kept: np.ndarray, ridge: float = 1e
     baseline = float(np.sum(cov[removed, removed] + mu[removed] ** 2))
     residual = float(max(error, 0.0) / baseline) if baseline > 0 else 0.0
     return Solution(scaling, residual, offsets=offsets)
-
-
-def mean_offsets(stats: ActivationStats, scaling: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Bias correction for any ``S``: ``e_j = mu_j - S_j^T mu_P`` (0 on kept rows, where
-    ``S_j`` is a unit vector)."""
-    mu = stats.mean
-    return mu - scaling @ mu[kept]
