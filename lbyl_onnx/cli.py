@@ -107,10 +107,8 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
 @click.argument("output_path", metavar="OUT", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--ratio",
-    default=0.3,
-    show_default=True,
     type=float,
-    help="Fraction of output channels removed in each prunable layer, in [0, 1).",
+    help="Fraction of output channels removed in each prunable layer, in [0, 1).  [default: 0.3]",
 )
 @click.option(
     "--target-macs",
@@ -273,12 +271,14 @@ def _run(o: SimpleNamespace) -> int:
         return EXIT_OK
     if o.output_path is None:
         raise UsageError("missing OUT (or pass --list to only inspect IN)")
+    if o.ratio is not None and (o.target_macs is not None or o.target_params is not None):
+        raise UsageError("give --ratio or a --target-macs/--target-params budget, not both")
     if o.report_path is not None:
         check_output_path(o.input_path, o.report_path, "--report")
         if o.report_path.resolve() == o.output_path.resolve():
             raise UsageError(f"--report {o.report_path} is OUT; choose another path")
     config = PruneConfig(
-        ratio=o.ratio,
+        ratio=0.3 if o.ratio is None else o.ratio,
         target_macs=o.target_macs,
         target_params=o.target_params,
         round_to=o.round_to,

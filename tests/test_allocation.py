@@ -111,6 +111,7 @@ def test_target_macs_on_a_model_respects_rounding_and_min_keep(target: float) ->
         (["--target-macs", "0.5", "--ratio-for", "conv1=0.2"], "cannot be combined"),
         (["--round-to", "0"], "at least 1"),
         (["--min-keep", "1.5"], "outside [0, 1]"),
+        (["--target-macs", "0.5", "--ratio", "0.2"], "not both"),
     ],
 )
 def test_bad_budget_options_are_usage_errors(tmp_path: Path, args, needle) -> None:
