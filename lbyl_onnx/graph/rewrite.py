@@ -51,6 +51,13 @@ def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarr
     n, m = scaling.shape
     if consumer.kind == "conv":  # O x N x k...
         folded = np.moveaxis(np.moveaxis(v, 1, -1) @ scaling, -1, 1)
+    elif consumer.interleaved and consumer.transposed:  # O x (block*N), column p*N + c
+        o = v.shape[0]
+        folded = (v.reshape(o, consumer.block, n) @ scaling).reshape(o, consumer.block * m)
+    elif consumer.interleaved:  # (block*N) x O
+        o = v.shape[1]
+        folded = np.matmul(scaling.T, v.reshape(consumer.block, n, o))
+        folded = folded.reshape(consumer.block * m, o)
     elif consumer.transposed:  # Gemm transB: O x (N*block)
         o = v.shape[0]
         blocks = v.reshape(o, n, consumer.block).transpose(0, 2, 1)  # O x block x N
@@ -69,10 +76,10 @@ def take_channels(value: np.ndarray, kept: np.ndarray, axis: int) -> np.ndarray:
     return np.take(value, kept, axis=axis)
 
 
-def _reshape_target(target: np.ndarray, columns: int) -> np.ndarray:
-    """``[batch, N*block]`` -> ``[batch, m*block]``."""
+def _reshape_target(target: np.ndarray, position: int, columns: int) -> np.ndarray:
+    """The flatten target with its ``N*block`` entry (at ``position``) set to ``m*block``."""
     flat = target.reshape(-1).copy()
-    flat[1] = columns
+    flat[position] = columns
     return flat.reshape(target.shape)
 
 
@@ -208,6 +215,10 @@ def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
     n = offsets.shape[0]
     if consumer.kind == "conv":
         per_channel = v.reshape(v.shape[0], n, -1).sum(axis=2)  # O x N
+    elif consumer.interleaved and consumer.transposed:
+        per_channel = v.reshape(v.shape[0], consumer.block, n).sum(axis=1)
+    elif consumer.interleaved:
+        per_channel = v.reshape(consumer.block, n, v.shape[1]).sum(axis=0).T
     elif consumer.transposed:
         per_channel = v.reshape(v.shape[0], n, consumer.block).sum(axis=2)
     else:
@@ -293,8 +304,8 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
         for operand in operands:
             axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
             editor.edit(operand, lambda v, k=kept, a=axis: take_channels(v, k, a))
-        for target, block in unit.reshapes:
-            editor.edit(target, lambda v, c=m * block: _reshape_target(v, c))
+        for target, position, block in unit.reshapes:
+            editor.edit(target, lambda v, p=position, c=m * block: _reshape_target(v, p, c))
         stale.update(unit.tensors)
     stale.update(editor.write(model))
     kept_info = [v for v in model.graph.value_info if v.name not in stale]

@@ -61,6 +61,8 @@ class Consumer:
     weight: Operand
     block: int = 1
     transposed: bool = False
+    interleaved: bool = False
+    """Columns are ``p * N + c`` (a channels-last flatten) instead of ``c * block + p``."""
     channels_tensor: str = ""
     """The tensor holding the unit's channels right before this consumer (before a flatten)."""
     bias: Operand | None = None
@@ -87,8 +89,9 @@ class Unit:
     arrays: LayerArrays
     activation_model: Activation = field(default_factory=lambda: Activation("identity"))
     """The activation as the data-free moment formulas see it."""
-    reshapes: list[tuple[Operand, int]] = field(default_factory=list)
-    """Reshape targets ``[batch, N*block]`` whose second entry becomes ``m*block``."""
+    reshapes: list[tuple[Operand, int, int]] = field(default_factory=list)
+    """Reshape targets ``(operand, position, block)``: the entry at ``position`` (``N*block``)
+    becomes ``m*block``."""
     record: str = ""
     """Where the channels ``S`` acts on can be observed: the tensor every consumer reads
     (before any flatten), else the activation output."""
@@ -355,7 +358,7 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         tensor = activation.output[0]
         tensors.append(tensor)
     layout = "spatial" if kind == "conv" else "features"
-    reshapes: list[tuple[Operand, int]] = []
+    reshapes: list[tuple[Operand, int, int]] = []
     consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
     arrays = LayerArrays(np.asarray(rows), np.asarray(b), bn_record)
     reads = {c.channels_tensor for c in consumers}
@@ -380,29 +383,78 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     )
 
 
-def _flatten_block(tensor: str, shapes, n: int) -> int:
-    """``h*w``: the columns each channel owns after flattening ``tensor`` (N, C, h, w...)."""
+def _flatten_block(tensor: str, shapes, n: int, channels_last: bool = False) -> int:
+    """``h*w``: the columns each channel owns after flattening ``tensor`` (``N, C, h, w...``,
+    or ``N, h, w..., C`` when ``channels_last``)."""
     shape = shapes.get(tensor)
     if shape is None or len(shape) < 2:
         raise _Decline(f"shape of '{tensor}' before the flatten is unknown")
-    spatial = shape[2:]
+    spatial, c = (shape[1:-1], shape[-1]) if channels_last else (shape[2:], shape[1])
     if any(not isinstance(d, int) for d in spatial):
         raise _Decline(f"spatial size of '{tensor}' before the flatten is not static")
-    if shape[1] not in (n, None) and isinstance(shape[1], int):
-        raise _Decline(f"'{tensor}' has {shape[1]} channels, expected {n}")
+    if isinstance(c, int) and c != n:
+        raise _Decline(f"'{tensor}' has {c} channels, expected {n}")
     return int(np.prod(spatial, dtype=np.int64))
+
+
+def _shape_reads_only_batch(index: GraphIndex, node: onnx.NodeProto, shape) -> bool:
+    """Whether every use of ``Shape(x)`` only extracts ``x``'s first (batch) dimension, through
+    constant ``Gather``, ``Slice`` and ``Cast`` (how tf2onnx builds a flatten's target)."""
+    if shape is None or attribute(node, "start") not in (None, 0):
+        return False
+    pending = [(node.output[0], list(range(len(shape))))]
+    while pending:
+        tensor, dims = pending.pop()
+        if tensor in index.graph_outputs and dims != [0]:
+            return False
+        for reader in index.readers.get(tensor, []):
+            op, follower = reader.node.op_type, reader.node
+            if reader.index != 0 or op not in ("Gather", "Slice", "Cast"):
+                if dims != [0]:
+                    return False
+                continue  # only the batch goes on from here
+            if op == "Cast":
+                kept = dims
+            elif op == "Gather":
+                indices = index.value(follower.input[1])
+                if indices is None:
+                    return False
+                kept = [dims[int(i)] for i in np.atleast_1d(indices)]
+            else:
+                values = [index.value(name) if name else None for name in follower.input[1:]]
+                if len(values) < 2 or values[0] is None or values[1] is None:
+                    return False
+                if len(values) > 3 and values[3] is not None and np.any(values[3] != 1):
+                    return False
+                if len(values) > 2 and values[2] is not None and np.any(values[2] != 0):
+                    return False
+                start, end = int(values[0].reshape(-1)[0]), int(values[1].reshape(-1)[0])
+                kept = dims[start:end]
+            pending.append((follower.output[0], kept))
+    return True
+
+
+def _to_channels_last(node: onnx.NodeProto, shapes, n: int) -> bool:
+    """A Transpose ``[0, 2, ..., r-1, 1]``: NCHW to NHWC (before a flatten, tf2onnx style)."""
+    perm = list(attribute(node, "perm", []) or [])
+    rank = len(perm)
+    return rank >= 3 and perm == [0, *range(2, rank), 1]
 
 
 def _flattening_reshape(
     index: GraphIndex, node: onnx.NodeProto, shapes, tensor: str
-) -> Operand | None:
-    """Check a Reshape that flattens channel-major to ``[batch, C*h*w]``.
+) -> tuple[Operand, int] | None:
+    """Check a Reshape that flattens to ``[batch, C*h*w]``.
 
-    Accepted targets: ``[0 | -1 | batch, -1]`` (nothing to rewrite, returns None) and
-    ``[0 | -1 | batch, C*h*w]`` (returns the target, whose second entry must be rewritten).
+    Accepted targets: ``[0 | -1 | batch, -1]`` (nothing to rewrite, returns None),
+    ``[0 | -1 | batch, C*h*w]`` (returns the target and the position 1 of the entry to
+    rewrite), and a target computed as ``Concat(batch taken from a Shape, [C*h*w] or [-1])``
+    (tf2onnx; returns the constant and position 0).
     """
     target = index.value(node.input[1]) if len(node.input) > 1 else None
     shape = shapes.get(tensor)
+    if target is None and shape is not None and len(node.input) > 1:
+        return _concat_target(index, node, shape)
     if target is None or target.size != 2 or shape is None or len(shape) < 2:
         raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
     first, second = (int(v) for v in target.reshape(-1))
@@ -413,22 +465,46 @@ def _flattening_reshape(
     if batch_ok and all(isinstance(d, int) for d in dims) and second == int(np.prod(dims)):
         if index.is_shared(node.input[1]):
             raise _Decline(f"shape of Reshape '{node_name(node)}' is shared with another node")
-        return Operand(node, 1, target)
+        return Operand(node, 1, target), 1
     raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
+
+
+def _concat_target(index: GraphIndex, node: onnx.NodeProto, shape) -> tuple[Operand, int] | None:
+    """A Reshape target ``Concat(<batch, computed>, [C*h*w] | [-1])``, axis 0."""
+    concat = index.producer.get(node.input[1])
+    if concat is None or concat.op_type not in ("Concat", "Cast"):
+        raise _Decline(f"Reshape '{node_name(node)}' has a computed shape")
+    if concat.op_type == "Cast":  # tf2onnx casts the shape to int64
+        concat = index.producer.get(concat.input[0])
+    if concat is None or concat.op_type != "Concat" or len(concat.input) != 2:
+        raise _Decline(f"Reshape '{node_name(node)}' has a computed shape")
+    columns = index.value(concat.input[1])
+    dims = shape[1:]
+    if columns is None or columns.size != 1 or not all(isinstance(d, int) for d in dims):
+        raise _Decline(f"Reshape '{node_name(node)}' has a computed shape")
+    value = int(columns.reshape(-1)[0])
+    if value == -1:
+        return None
+    if value != int(np.prod(dims)) or index.is_shared(concat.input[1]):
+        raise _Decline(f"Reshape '{node_name(node)}' does not flatten to [batch, -1]")
+    operand = Operand(concat, 1, index.value(concat.input[1]))
+    return operand, 0
 
 
 def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes) -> list[Consumer]:
     """Walk from the activation output through pass-through ops to the consumers.
 
     ``layout`` is ``spatial`` (channels on axis 1 of an N-D tensor), ``flat`` (after a
-    flatten, each channel owns ``block`` consecutive columns) or ``features`` (channels
-    on the last axis, the output of a Gemm/MatMul).
+    flatten, each channel owns ``block`` consecutive columns), ``spatial_last`` (an NCHW
+    tensor transposed to NHWC, as tf2onnx writes before a flatten), ``flat_interleaved``
+    (that flattened: column ``p * N + c`` belongs to channel ``c``) or ``features``
+    (channels on the last axis, the output of a Gemm/MatMul).
     """
     consumers: list[Consumer] = []
     frontier = [(tensor, layout, 1, tensor)]
     while frontier:
         current, layout, block, channels = frontier.pop(0)
-        if layout != "flat":
+        if layout in ("spatial", "features"):
             channels = current
         if current in index.graph_outputs:
             raise _Decline(f"'{current}' is a graph output")
@@ -452,26 +528,33 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
                     notes.append(f"{op} between activation and consumer: compensation approximate")
                 tensors.append(node.output[0])
                 frontier.append((node.output[0], layout, block, channels))
-            elif op == "Flatten" and layout == "spatial":
+            elif op == "Shape" and _shape_reads_only_batch(index, node, shapes.get(current)):
+                continue  # the batch size is all it reads: independent of the channel count
+            elif op == "Transpose" and layout == "spatial" and _to_channels_last(node, shapes, n):
+                tensors.append(node.output[0])
+                frontier.append((node.output[0], "spatial_last", 1, channels))
+            elif op == "Flatten" and layout in ("spatial", "spatial_last"):
                 if attribute(node, "axis", 1) != 1:
                     raise _Decline(f"Flatten '{node_name(node)}' with axis != 1")
                 tensors.append(node.output[0])
-                block = _flatten_block(current, shapes, n)
-                frontier.append((node.output[0], "flat", block, channels))
-            elif op == "Reshape" and layout == "spatial":
+                block = _flatten_block(current, shapes, n, layout == "spatial_last")
+                flat = "flat" if layout == "spatial" else "flat_interleaved"
+                frontier.append((node.output[0], flat, block, channels))
+            elif op == "Reshape" and layout in ("spatial", "spatial_last"):
                 target = _flattening_reshape(index, node, shapes, current)
-                block = _flatten_block(current, shapes, n)
+                block = _flatten_block(current, shapes, n, layout == "spatial_last")
                 if target is not None:
-                    reshapes.append((target, block))
+                    reshapes.append((*target, block))
                 tensors.append(node.output[0])
-                frontier.append((node.output[0], "flat", block, channels))
+                flat = "flat" if layout == "spatial" else "flat_interleaved"
+                frontier.append((node.output[0], flat, block, channels))
             elif op == "Squeeze" and layout == "spatial" and _squeezes_to_channels(shapes, node, n):
                 tensors.append(node.output[0])
                 frontier.append((node.output[0], "flat", 1, channels))
             elif op == "Conv" and layout == "spatial":
                 consumers.append(_with_bias(index, _conv_consumer(index, node, n), channels))
-            elif op in ("Gemm", "MatMul") and layout in ("flat", "features"):
-                consumer = _dense_consumer(index, node, n, block)
+            elif op in ("Gemm", "MatMul") and layout in ("flat", "features", "flat_interleaved"):
+                consumer = _dense_consumer(index, node, n, block, layout == "flat_interleaved")
                 consumers.append(_with_bias(index, consumer, channels))
             else:
                 raise _Decline(f"'{current}' is read by {op} '{node_name(node)}'")
@@ -517,7 +600,9 @@ def _conv_consumer(index: GraphIndex, node: onnx.NodeProto, n: int) -> Consumer:
     return Consumer(node, "conv", weight)
 
 
-def _dense_consumer(index: GraphIndex, node: onnx.NodeProto, n: int, block: int) -> Consumer:
+def _dense_consumer(
+    index: GraphIndex, node: onnx.NodeProto, n: int, block: int, interleaved: bool = False
+) -> Consumer:
     if node.op_type == "Gemm" and attribute(node, "transA", 0):
         raise _Decline(f"consumer Gemm '{node_name(node)}' has transA=1")
     weight = _constant(index, node, 1, "consumer weight")
@@ -530,4 +615,4 @@ def _dense_consumer(index: GraphIndex, node: onnx.NodeProto, n: int, block: int)
             f"consumer '{node_name(node)}' reads {columns} features, expected {n * block}"
         )
     kind = "gemm" if node.op_type == "Gemm" else "matmul"
-    return Consumer(node, kind, weight, block, transposed)
+    return Consumer(node, kind, weight, block, transposed, interleaved)
