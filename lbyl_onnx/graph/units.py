@@ -67,7 +67,6 @@ class Consumer:
     """The tensor holding the unit's channels right before this consumer (before a flatten)."""
     bias: Operand | None = None
     """The consumer's bias (Conv input 2, Gemm C, the constant of an Add after a MatMul)."""
-    bias_add: onnx.NodeProto | None = None
 
 
 @dataclass
@@ -565,7 +564,7 @@ def _with_bias(index: GraphIndex, consumer: Consumer, channels: str) -> Consumer
     """The consumer with the tensor it reads the channels from, and its bias if it has one
     that only it reads (a bias correction can then be folded into it)."""
     node = consumer.node
-    bias, bias_add = None, None
+    bias = None
     try:
         if consumer.kind in ("conv", "gemm") and len(node.input) > 2 and node.input[2]:
             bias = _constant(index, node, 2, "consumer bias")
@@ -575,10 +574,10 @@ def _with_bias(index: GraphIndex, consumer: Consumer, channels: str) -> Consumer
                 other = 1 if reader.input[0] == node.output[0] else 0
                 value = index.value(reader.input[other])
                 if value is not None and value.ndim <= 2:
-                    bias, bias_add = _constant(index, reader, other, "consumer bias"), reader
+                    bias = _constant(index, reader, other, "consumer bias")
     except _Decline:
-        bias, bias_add = None, None
-    return replace(consumer, channels_tensor=channels, bias=bias, bias_add=bias_add)
+        bias = None
+    return replace(consumer, channels_tensor=channels, bias=bias)
 
 
 def _squeezes_to_channels(shapes, node: onnx.NodeProto, n: int) -> bool:
