@@ -42,7 +42,7 @@ def budget_counts(
     fraction = config.target_macs if config.target_macs is not None else config.target_params
     shapes = infer_shapes(model, {**static_input_dims(model, 1), **(config.input_shapes or {})})
     index = {u.name: i for i, u in enumerate(units)}
-    producer_of = {u.producer.output[0]: index[u.name] for u in units}
+    producer_of = {p.output[0]: index[u.name] for u in units for p in u.producers}
     consumer_of = {c.node.output[0]: index[u.name] for u in units for c in u.consumers}
     values = {t.name: t.dims for t in model.graph.initializer}
     terms = []

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .index import GraphIndex, attribute
-from .units import Consumer, Operand, Unit
+from .units import Consumer, Operand, Unit, channel_axis
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,6 @@ def _reshape_target(target: np.ndarray, position: int, columns: int) -> np.ndarr
     flat = target.reshape(-1).copy()
     flat[position] = columns
     return flat.reshape(target.shape)
-
-
-def _channel_axis(value: np.ndarray, channels: int) -> int:
-    """The axis of a per-channel vector (``[C]``, ``[C,1,1]``, ``[1,C,1,1]``, ``[1,C]``)."""
-    return next(a for a, d in enumerate(value.shape) if d == channels)
 
 
 class _Editor:
@@ -207,6 +202,13 @@ def _remove_unread(model: onnx.ModelProto, detached: list[str]) -> None:
             del graph.node[i]
 
 
+def _set_group(node: onnx.NodeProto, groups: int) -> None:
+    """Set a depthwise Conv's ``group`` attribute (it has one: ``group = N`` was matched)."""
+    for attr in node.attribute:
+        if attr.name == "group":
+            attr.i = groups
+
+
 def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
     """What the consumer's output gains when channel ``j`` carries the constant ``e_j``:
     ``delta[o] = sum_j e_j sum_k V[o, j, k]`` (Conv: exact away from zero-padded borders;
@@ -296,14 +298,16 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
         else:
             editor.edit(unit.weight, lambda w, k=kept: w[:, k])
         operands = [*unit.bn_params]
-        bias = unit.bias or created.get(unit.producer.output[0])
-        if bias is not None:
-            operands.append(bias)
+        if unit.bias is not None:
+            operands.append(unit.bias)
+        operands += [created[p.output[0]] for p in unit.producers if p.output[0] in created]
         if unit.slope is not None:
             operands.append(unit.slope)
-        for operand in operands:
-            axis = _channel_axis(operand.value, n) if operand.value.size == n else 0
+        slices = [(o, channel_axis(o.value, n) if o.value.size == n else 0) for o in operands]
+        for operand, axis in [*slices, *unit.extra_slices]:
             editor.edit(operand, lambda v, k=kept, a=axis: take_channels(v, k, a))
+        for node in unit.regroup:
+            _set_group(node, m)
         for target, position, block in unit.reshapes:
             editor.edit(target, lambda v, p=position, c=m * block: _reshape_target(v, p, c))
         stale.update(unit.tensors)

@@ -95,6 +95,17 @@ class Unit:
     """Where the channels ``S`` acts on can be observed: the tensor every consumer reads
     (before any flatten), else the activation output."""
     notes: list[str] = field(default_factory=list)
+    extra_slices: list[tuple[Operand, int]] = field(default_factory=list)
+    """Further per-channel constants to slice, with their channel axis (a depthwise conv's
+    kernels, bias and normalisation; the other producers of a residual group)."""
+    regroup: list[onnx.NodeProto] = field(default_factory=list)
+    """Depthwise convs whose ``group`` attribute becomes the kept count."""
+    producers: list[onnx.NodeProto] = field(default_factory=list)
+    """Every node whose output channels are the unit's channels (the producer first)."""
+
+    def __post_init__(self) -> None:
+        if not self.producers:
+            self.producers = [self.producer]
 
     @property
     def channels(self) -> int:
@@ -137,7 +148,8 @@ def find_units(
             units.append(_match_unit(index, node, shapes))
         except _Decline as why:
             declined.append(Declined(node_name(node), node.op_type, str(why)))
-    return units, declined
+    absorbed = {node_name(p) for u in units for p in u.producers}
+    return units, [d for d in declined if d.name not in absorbed]
 
 
 def _constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Operand:
@@ -168,12 +180,14 @@ def _next(index: GraphIndex, tensor: str) -> onnx.NodeProto | None:
     return readers[0].node
 
 
-def _match_producer(index: GraphIndex, node: onnx.NodeProto):
-    """Producer weight (filters as rows), bias, and the tensor that carries its channels."""
+def _match_producer(index: GraphIndex, node: onnx.NodeProto, depthwise: bool = False):
+    """Producer weight (filters as rows), bias, and the tensor that carries its channels.
+
+    ``depthwise``: the node is the depthwise conv of a group (one kernel per channel)."""
     if node.op_type == "Conv":
         group = attribute(node, "group", 1)
         weight = _constant(index, node, 1, "weight")
-        if group != 1:
+        if group != 1 and not depthwise:
             kind = "depthwise" if group == weight.value.shape[0] else "grouped"
             raise _Decline(f"{kind} Conv producer (group={group})")
         n = weight.value.shape[0]
@@ -324,54 +338,187 @@ def _activation_model(
     return Activation("clip", high=None if high is None else float(high))
 
 
-def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
-    kind, weight, bias, rows, b, tensor = _match_producer(index, producer)
+@dataclass
+class _Chain:
+    """A producer and the per-channel ops right after it: ``[bias Add] -> [BN] -> [act]``."""
+
+    kind: str
+    weight: Operand
+    bias: Operand | None
+    rows: np.ndarray
+    b: np.ndarray
+    bn: onnx.NodeProto | None
+    bn_params: list[Operand]
+    bn_record: BatchNormParams | None
+    activation: onnx.NodeProto | None
+    slope: Operand | None
+    activation_model: Activation
+    tensors: list[str]
+    tensor: str
+    """The last tensor of the chain (what the readers of the channels read)."""
+    channel_axis: int
+
+
+def _match_chain(index: GraphIndex, producer: onnx.NodeProto, depthwise: bool = False) -> _Chain:
+    """The producer, then (each optional) a BatchNormalization or its Mul/Add form and a
+    supported activation, each the sole reader of the tensor before it."""
+    kind, weight, bias, rows, b, tensor = _match_producer(index, producer, depthwise)
     n = rows.shape[0]
     tensors = [producer.output[0]] if tensor == producer.output[0] else [producer.output[0], tensor]
-    notes: list[str] = []
-    reader = _next(index, tensor)
-    bn = None
-    bn_params: list[Operand] = []
-    bn_record = None
     channel_axis = -(weight.value.ndim - 1) if kind == "conv" else -1
-    scale_shift = _match_scale_shift(index, tensor, n, channel_axis)
-    if reader is not None and reader.op_type == "BatchNormalization":
-        bn = reader
-        bn_params, eps = _match_bn(index, bn, n)
-        gamma, beta, mean, var = (p.value.reshape(-1).astype(np.float64) for p in bn_params)
-        bn_record = BatchNormParams(gamma, beta, mean, var, eps)
-        tensor = bn.output[0]
-        tensors.append(tensor)
-        reader = _next(index, tensor)
-    elif scale_shift is not None:
-        bn_params, bn_record, tensor = scale_shift
-        tensors.extend(p.node.output[0] for p in bn_params)
-        reader = _next(index, tensor)
-    activation = None
-    slope = None
-    activation_model = Activation("identity")
+    bn, bn_params, bn_record = _match_normalisation(index, tensor, n, channel_axis)
+    if bn_params:
+        tensor = bn_params[-1].node.output[0] if bn is None else bn.output[0]
+        tensors.extend([bn.output[0]] if bn else [p.node.output[0] for p in bn_params])
+    node, slope, model = None, None, Activation("identity")
+    reader = _next(index, tensor)
     if reader is not None and reader.op_type in ACTIVATIONS:
-        activation = reader
-        slope = _match_activation(index, activation, n, channel_axis)
-        activation_model = _activation_model(index, activation, slope, n)
-        tensor = activation.output[0]
+        node = reader
+        slope = _match_activation(index, node, n, channel_axis)
+        model = _activation_model(index, node, slope, n)
+        tensor = node.output[0]
         tensors.append(tensor)
-    layout = "spatial" if kind == "conv" else "features"
+    return _Chain(
+        kind,
+        weight,
+        bias,
+        np.asarray(rows),
+        np.asarray(b),
+        bn,
+        bn_params,
+        bn_record,
+        node,
+        slope,
+        model,
+        tensors,
+        tensor,
+        channel_axis,
+    )
+
+
+def _match_normalisation(
+    index: GraphIndex, tensor: str, n: int, channel_axis: int
+) -> tuple[onnx.NodeProto | None, list[Operand], BatchNormParams | None]:
+    """A BatchNormalization reading ``tensor`` (node, its four parameters, the record), or
+    its ``Mul``/``Add`` form (no node, the constants, a record without statistics)."""
+    reader = _next(index, tensor)
+    if reader is not None and reader.op_type == "BatchNormalization":
+        params, eps = _match_bn(index, reader, n)
+        gamma, beta, mean, var = (p.value.reshape(-1).astype(np.float64) for p in params)
+        return reader, params, BatchNormParams(gamma, beta, mean, var, eps)
+    scale_shift = _match_scale_shift(index, tensor, n, channel_axis)
+    if scale_shift is None:
+        return None, [], None
+    params, record, _ = scale_shift
+    return None, params, record
+
+
+@dataclass
+class _DepthwiseTail:
+    """``depthwise Conv -> [bias Add] -> [BN] -> [act]`` after a unit's chain."""
+
+    conv: onnx.NodeProto
+    kernels: np.ndarray
+    """``N x k`` (one spatial kernel per channel, flattened)."""
+    bias: np.ndarray
+    slices: list[tuple[Operand, int]]
+    bn_record: BatchNormParams | None
+    activation_model: Activation
+    tensors: list[str]
+    tensor: str
+
+
+def _match_depthwise(index: GraphIndex, tensor: str, n: int) -> _DepthwiseTail | None:
+    """A depthwise Conv (``group = N``, one kernel per channel) as the sole reader of
+    ``tensor``, with its own bias, normalisation and activation; None if there is none."""
+    conv = _next(index, tensor)
+    if conv is None or conv.op_type != "Conv" or n == 1 or attribute(conv, "group", 1) != n:
+        return None
+    if conv.domain not in ("", "ai.onnx"):
+        return None
+    weight = _constant(index, conv, 1, "depthwise weight")
+    if weight.value.shape[:2] != (n, 1):
+        shape = list(weight.value.shape)
+        raise _Decline(f"depthwise Conv '{node_name(conv)}' with weight {shape} (multiplier != 1)")
+    tail = _match_chain(index, conv, depthwise=True)
+    slices = [(weight, 0)]
+    if tail.bias is not None:
+        slices.append((tail.bias, channel_axis(tail.bias.value, n)))
+    slices += [(p, channel_axis(p.value, n)) for p in tail.bn_params]
+    if tail.slope is not None:
+        slices.append((tail.slope, channel_axis(tail.slope.value, n)))
+    return _DepthwiseTail(
+        conv,
+        tail.rows,
+        tail.b,
+        slices,
+        tail.bn_record,
+        tail.activation_model,
+        tail.tensors,
+        tail.tensor,
+    )
+
+
+def channel_axis(value: np.ndarray, channels: int) -> int:
+    """The axis of a per-channel vector (``[C]``, ``[C,1,1]``, ``[1,C,1,1]``, ``[1,C]``)."""
+    return next((a for a, d in enumerate(value.shape) if d == channels), 0)
+
+
+def composite_arrays(
+    chain: LayerArrays, kernels: np.ndarray, bias: np.ndarray, bn: BatchNormParams | None
+) -> LayerArrays:
+    """The arrays of a depthwise group: producer ``w_j`` (BN folded in: ``rho_j w_j``, bias
+    ``c_j``), then depthwise kernel ``k_j`` and bias ``d_j``.
+
+    Ignoring the activation between them, channel ``j`` before the second normalisation is
+    ``k_j * (rho_j w_j . x + c_j) + d_j``: a linear map of the input whose filter is the
+    tensor product ``rho_j w_j (x) k_j`` (exactly the composite filter when the producer is
+    1x1) and whose constant is ``c_j sum(k_j) + d_j`` (away from zero-padded borders). A
+    combination of these composite filters is the same combination of the composed maps, so
+    LBYL, Neuron Merging and the criteria apply to them unchanged, with ``bn`` (after the
+    depthwise conv) folded as usual. Memory: ``N x d k`` floats.
+    """
+    folded = chain.folded_weight
+    rows = (folded[:, :, None] * kernels.astype(np.float64)[:, None, :]).reshape(len(folded), -1)
+    constant = chain.folded_bias * kernels.astype(np.float64).sum(axis=1) + bias
+    return LayerArrays(rows.astype(np.float32), constant, bn)
+
+
+def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
+    chain = _match_chain(index, producer)
+    n = chain.rows.shape[0]
+    tensors = list(chain.tensors)
+    tensor = chain.tensor
+    arrays = LayerArrays(chain.rows, chain.b, chain.bn_record)
+    activation_model = chain.activation_model
+    notes: list[str] = []
+    extra: list[tuple[Operand, int]] = []
+    regroup: list[onnx.NodeProto] = []
+    producers = [producer]
+    tail = _match_depthwise(index, tensor, n) if chain.kind == "conv" else None
+    if tail is not None:
+        arrays = composite_arrays(arrays, tail.kernels, tail.bias, tail.bn_record)
+        activation_model = tail.activation_model
+        extra, regroup = tail.slices, [tail.conv]
+        producers.append(tail.conv)
+        tensors += tail.tensors
+        tensor = tail.tensor
+        notes.append(f"coupled with depthwise Conv '{node_name(tail.conv)}'")
+    layout = "spatial" if chain.kind == "conv" else "features"
     reshapes: list[tuple[Operand, int, int]] = []
     consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
-    arrays = LayerArrays(np.asarray(rows), np.asarray(b), bn_record)
     reads = {c.channels_tensor for c in consumers}
     record = reads.pop() if len(reads) == 1 else tensor
     return Unit(
         name=node_name(producer),
         producer=producer,
-        kind=kind,
-        weight=weight,
-        bias=bias,
-        bn=bn,
-        bn_params=bn_params,
-        activation=activation,
-        slope=slope,
+        kind=chain.kind,
+        weight=chain.weight,
+        bias=chain.bias,
+        bn=chain.bn,
+        bn_params=chain.bn_params,
+        activation=chain.activation,
+        slope=chain.slope,
         consumers=consumers,
         tensors=tensors,
         arrays=arrays,
@@ -379,6 +526,9 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         reshapes=reshapes,
         record=record,
         notes=notes,
+        extra_slices=extra,
+        regroup=regroup,
+        producers=producers,
     )
 
 
