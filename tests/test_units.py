@@ -313,7 +313,9 @@ def test_weight_shared_through_identity_is_declined():
     assert_declined(model, "conv0", "shared")
 
 
-def _conv_group_chain(producer_group: int, consumer_group: int, n: int = 8) -> onnx.ModelProto:
+def _conv_group_chain(
+    producer_group: int, consumer_group: int, n: int = 8, second_reader: bool = False
+) -> onnx.ModelProto:
     rng = np.random.default_rng(2)
     g = GraphBuilder()
     c_in = n if producer_group > 1 else 3
@@ -325,11 +327,16 @@ def _conv_group_chain(producer_group: int, consumer_group: int, n: int = 8) -> o
     r = g.op("Relu", [z], "act0")
     g.op("Conv", [r, w1], "y", name="conv1", pads=[1] * 4, group=consumer_group)
     g.output("y", ["N", out, 6, 6])
+    if second_reader:
+        w2 = g.const("W2", rng.standard_normal((4, n, 1, 1)).astype("f"))
+        g.output(g.op("Conv", [r, w2], "y2", name="conv2"), ["N", 4, 6, 6])
     return g.build()
 
 
-def test_depthwise_consumer_is_declined():
-    assert_declined(_conv_group_chain(1, 8), "conv0", "depthwise")
+def test_depthwise_consumer_beside_another_reader_is_declined():
+    """A depthwise conv that is the sole reader makes a depthwise group (test_depthwise.py);
+    beside another reader it is a consumer that cannot absorb a combination of channels."""
+    assert_declined(_conv_group_chain(1, 8, second_reader=True), "conv0", "depthwise")
 
 
 def test_grouped_consumer_is_declined():
