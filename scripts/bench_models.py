@@ -181,7 +181,7 @@ def development_models(include_zoo: bool = True) -> list[BenchModel]:
             labels=digits["label"],
             batch=256,
         )
-        for variant in ("vgg_bn", "vgg_fused", "mlp")
+        for variant in ("vgg_bn", "vgg_fused", "mlp", "resnet", "mbv2")
     ]
     if not include_zoo:
         return models
