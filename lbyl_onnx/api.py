@@ -61,6 +61,7 @@ class PruneConfig:
     calibration_data: dict[str, np.ndarray] | None = None
     calibration_ridge: float = 1e-3
     bias_correction: bool = False
+    prune_residual: bool = False
 
     def validated(self) -> PruneConfig:
         """Raise :class:`UsageError` for an option outside its domain."""
@@ -108,11 +109,13 @@ def summarize(
     )
 
 
-def list_units(model: onnx.ModelProto | str | os.PathLike) -> tuple[list[Unit], list[Declined]]:
+def list_units(
+    model: onnx.ModelProto | str | os.PathLike, prune_residual: bool = False
+) -> tuple[list[Unit], list[Declined]]:
     """The prunable units of a model and the declined candidates, with reasons."""
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
-    return find_units(model, infer_shapes(model))
+    return find_units(model, infer_shapes(model), prune_residual)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -139,7 +142,7 @@ def prune(
     work.CopyFrom(original)
     recorded_shapes = {v.name for v in work.graph.value_info}
 
-    units, declined = find_units(work, infer_shapes(work))
+    units, declined = find_units(work, infer_shapes(work), config.prune_residual)
     warnings = _unmatched_patterns(config, units, declined)
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]

@@ -32,6 +32,7 @@ Examples:
   lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
   lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
   lbyl-onnx model.onnx small.onnx --target-macs 0.6 --round-to 8   # a budget, not a ratio
+  lbyl-onnx resnet.onnx small.onnx --prune-residual   # also the convs feeding residual Adds
   lbyl-onnx model.onnx --list                         # what would be pruned, and why not
 
 \b
@@ -191,6 +192,12 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Real samples for validation instead of random ones.",
 )
 @click.option(
+    "--prune-residual",
+    is_flag=True,
+    help="Also prune residual groups: every conv feeding the same chain of residual Adds "
+    "loses the same channels, and every reader of the chain absorbs the compensation.",
+)
+@click.option(
     "--bias-correction",
     is_flag=True,
     help="Data-free: fold the mean that compensation leaves of each removed channel into the "
@@ -253,7 +260,7 @@ def main(**options) -> None:
 def _run(o: SimpleNamespace) -> int:
     """The command's work, with ``o`` holding the parsed options; returns the exit code."""
     if o.list_only:
-        units, declined = list_units(o.input_path)
+        units, declined = list_units(o.input_path, o.prune_residual)
         records = [
             UnitRecord(
                 u.name,
@@ -293,6 +300,7 @@ def _run(o: SimpleNamespace) -> int:
         input_data=dict(_load_input_data(t) for t in o.input_data) or None,
         calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
         bias_correction=o.bias_correction,
+        prune_residual=o.prune_residual,
     )
     show = sys.stderr.isatty() and not o.quiet
     bars = []

@@ -131,12 +131,13 @@ def node_name(node: onnx.NodeProto) -> str:
 
 
 def find_units(
-    model: onnx.ModelProto, shapes: dict[str, list[int | str | None]]
+    model: onnx.ModelProto, shapes: dict[str, list[int | str | None]], residual: bool = False
 ) -> tuple[list[Unit], list[Declined]]:
     """Every ``Conv``/``Gemm``/``MatMul`` of the main graph as a :class:`Unit` or :class:`Declined`.
 
     ``shapes`` maps tensor names to inferred shapes (needed for the ``h*w`` block of a
-    flatten). Units are returned in graph order.
+    flatten). ``residual`` also matches residual groups (:func:`_match_residual`). Units are
+    returned in graph order of their first producer.
     """
     index = GraphIndex(model)
     units: list[Unit] = []
@@ -148,6 +149,12 @@ def find_units(
             units.append(_match_unit(index, node, shapes))
         except _Decline as why:
             declined.append(Declined(node_name(node), node.op_type, str(why)))
+    if residual:
+        groups, failed = _residual_groups(index, shapes)
+        units += groups
+        declined += failed
+        order = {node_name(n): i for i, n in enumerate(model.graph.node)}
+        units.sort(key=lambda u: order[u.name])
     absorbed = {node_name(p) for u in units for p in u.producers}
     return units, [d for d in declined if d.name not in absorbed]
 
@@ -359,9 +366,11 @@ class _Chain:
     channel_axis: int
 
 
-def _match_chain(index: GraphIndex, producer: onnx.NodeProto, depthwise: bool = False) -> _Chain:
-    """The producer, then (each optional) a BatchNormalization or its Mul/Add form and a
-    supported activation, each the sole reader of the tensor before it."""
+def _match_chain(
+    index: GraphIndex, producer: onnx.NodeProto, depthwise: bool = False, activation: bool = True
+) -> _Chain:
+    """The producer, then (each optional) a BatchNormalization or its Mul/Add form and, with
+    ``activation``, a supported activation, each the sole reader of the tensor before it."""
     kind, weight, bias, rows, b, tensor = _match_producer(index, producer, depthwise)
     n = rows.shape[0]
     tensors = [producer.output[0]] if tensor == producer.output[0] else [producer.output[0], tensor]
@@ -372,7 +381,7 @@ def _match_chain(index: GraphIndex, producer: onnx.NodeProto, depthwise: bool = 
         tensors.extend([bn.output[0]] if bn else [p.node.output[0] for p in bn_params])
     node, slope, model = None, None, Activation("identity")
     reader = _next(index, tensor)
-    if reader is not None and reader.op_type in ACTIVATIONS:
+    if activation and reader is not None and reader.op_type in ACTIVATIONS:
         node = reader
         slope = _match_activation(index, node, n, channel_axis)
         model = _activation_model(index, node, slope, n)
@@ -640,7 +649,9 @@ def _concat_target(index: GraphIndex, node: onnx.NodeProto, shape) -> tuple[Oper
     return operand, 0
 
 
-def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes) -> list[Consumer]:
+def _match_consumers(
+    index, tensor, layout, n, shapes, tensors, notes, reshapes, internal=frozenset()
+) -> list[Consumer]:
     """Walk from the activation output through pass-through ops to the consumers.
 
     ``layout`` is ``spatial`` (channels on axis 1 of an N-D tensor), ``flat`` (after a
@@ -657,8 +668,8 @@ def _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
             channels = current
         if current in index.graph_outputs:
             raise _Decline(f"'{current}' is a graph output")
-        readers = index.readers.get(current, [])
-        if not readers:
+        readers = [r for r in index.readers.get(current, []) if id(r.node) not in internal]
+        if not readers and not internal:
             raise _Decline(f"'{current}' is not read by any node")
         for reader in readers:
             node, position = reader.node, reader.index
@@ -765,3 +776,160 @@ def _dense_consumer(
         )
     kind = "gemm" if node.op_type == "Gemm" else "matmul"
     return Consumer(node, kind, weight, block, transposed, interleaved)
+
+
+RESIDUAL_OPS = {"Add", "Sum"}
+"""Ops that sum the tensors of a residual group (``Sum``: Caffe2)."""
+
+GROUP_INTERNAL = {
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "PRelu",
+    "Identity",
+    "Dropout",
+    "MaxPool",
+    "AveragePool",
+}
+"""Channel-wise ops a residual group's channels may pass through between its sums."""
+
+
+def _is_residual_sum(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """An ``Add``/``Sum`` of two or more computed (non-constant) tensors."""
+    if node.op_type not in RESIDUAL_OPS or node.domain not in ("", "ai.onnx"):
+        return False
+    inputs = [name for name in node.input if name]
+    return len(inputs) >= 2 and all(index.value(name) is None for name in inputs)
+
+
+def _residual_groups(index: GraphIndex, shapes) -> tuple[list[Unit], list[Declined]]:
+    """One unit per residual group of the graph, or a declined record named after its sum."""
+    units: list[Unit] = []
+    declined: list[Declined] = []
+    seen: set[int] = set()
+    for node in index.model.graph.node:
+        if id(node) in seen or not _is_residual_sum(index, node):
+            continue
+        try:
+            unit, sums = _match_residual(index, node, shapes)
+        except _Decline as why:
+            declined.append(Declined(node_name(node), node.op_type, f"residual group: {why}"))
+            seen.add(id(node))
+            continue
+        seen.update(sums)
+        units.append(unit)
+    return units, declined
+
+
+def _trace_to_producer(index: GraphIndex, tensor: str) -> onnx.NodeProto:
+    """The Conv whose chain (bias Add, normalisation, no activation) ends at ``tensor``."""
+    node = index.producer.get(tensor)
+    for _ in range(4):  # Conv -> [bias Add] -> [BN | Mul -> [Add]]
+        if node is None:
+            break
+        if node.op_type == "Conv":
+            return node
+        if node.op_type not in ("BatchNormalization", "Mul", "Add"):
+            break
+        node = index.producer.get(node.input[0]) or index.producer.get(node.input[-1])
+    what = "a graph input" if node is None else f"{node.op_type} '{node_name(node)}'"
+    raise _Decline(f"'{tensor}' comes from {what}, not from a Conv")
+
+
+def _match_residual(index: GraphIndex, start: onnx.NodeProto, shapes) -> tuple[Unit, set[int]]:
+    """The residual group around the sum ``start``: every tensor connected to it through
+    sums and channel-wise ops shares its channels, so channel ``j`` is removed from all of
+    them at once.
+
+    Channel ``j`` of every tensor of the group is a sum of the producers' channels ``j``
+    (through the channel-wise ops). If each producer's folded filter satisfies
+    ``wt_pj ~ sum_i s_ij wt_pi`` with the same ``s``, so do their sums: the methods are
+    applied to the producers' folded filters side by side (``[wt_1j, wt_2j, ...]``, biases
+    added), and ``S`` is folded into every reader of every tensor of the group.
+    """
+    group: list[str] = []
+    internal: dict[int, onnx.NodeProto] = {id(start): start}
+    chains: list[tuple[onnx.NodeProto, _Chain]] = []
+    pending = [name for name in start.input if name] + [start.output[0]]
+    while pending:
+        tensor = pending.pop(0)
+        if tensor in group:
+            continue
+        if tensor in index.graph_outputs:
+            raise _Decline(f"'{tensor}' is a graph output")
+        group.append(tensor)
+        node = index.producer.get(tensor)
+        if node is not None and (_is_residual_sum(index, node) or node.op_type in GROUP_INTERNAL):
+            internal[id(node)] = node
+            pending += [node.input[0]] if node.op_type in GROUP_INTERNAL else list(node.input)
+        elif all(chain[0] is not node for chain in chains):
+            conv = _trace_to_producer(index, tensor)
+            chain = _match_chain(index, conv, activation=False)
+            if chain.tensor != tensor or chain.kind != "conv":
+                raise _Decline(f"'{tensor}' is not the end of the chain of '{node_name(conv)}'")
+            chains.append((node, chain))
+        for reader in index.readers.get(tensor, []):
+            follower = reader.node
+            if _is_residual_sum(index, follower):
+                internal[id(follower)] = follower
+                pending += [follower.output[0], *(i for i in follower.input if i)]
+            elif follower.op_type in GROUP_INTERNAL and reader.index == 0:
+                internal[id(follower)] = follower
+                pending.append(follower.output[0])
+    n = chains[0][1].rows.shape[0]
+    if any(chain.rows.shape[0] != n for _, chain in chains):
+        raise _Decline("the producers of the group have different channel counts")
+    extra: list[tuple[Operand, int]] = []
+    notes: list[str] = []
+    for node in internal.values():
+        if node.op_type in ACTIVATIONS:
+            slope = _match_activation(index, node, n, -3)
+            if slope is not None:
+                extra.append((slope, channel_axis(slope.value, n)))
+        elif node.op_type == "MaxPool":
+            notes.append("MaxPool inside the group: compensation approximate")
+    chains.sort(key=lambda c: list(index.model.graph.node).index(c[1].weight.node))
+    first = chains[0][1]
+    for _, chain in chains[1:]:
+        extra.append((chain.weight, 0))
+        if chain.bias is not None:
+            extra.append((chain.bias, channel_axis(chain.bias.value, n)))
+        extra += [(p, channel_axis(p.value, n)) for p in chain.bn_params]
+    tensors = [*group, *(t for _, chain in chains for t in chain.tensors)]
+    consumers: list[Consumer] = []
+    reshapes: list[tuple[Operand, int, int]] = []
+    skip = frozenset(internal)
+    for tensor in group:
+        if any(id(r.node) not in skip for r in index.readers.get(tensor, [])):
+            consumers += _match_consumers(
+                index, tensor, "spatial", n, shapes, tensors, notes, reshapes, skip
+            )
+    if not consumers:
+        raise _Decline("no Conv, Gemm or MatMul reads the group")
+    folded = [LayerArrays(c.rows, c.b, c.bn_record) for _, c in chains]
+    arrays = LayerArrays(
+        np.hstack([a.folded_weight for a in folded]).astype(np.float32),
+        np.sum([a.folded_bias for a in folded], axis=0),
+    )
+    producers = [chain.weight.node for _, chain in chains]
+    notes.insert(0, "residual group of " + ", ".join(f"'{node_name(p)}'" for p in producers))
+    unit = Unit(
+        name=node_name(producers[0]),
+        producer=producers[0],
+        kind="conv",
+        weight=first.weight,
+        bias=first.bias,
+        bn=first.bn,
+        bn_params=first.bn_params,
+        activation=None,
+        slope=None,
+        consumers=consumers,
+        tensors=tensors,
+        arrays=arrays,
+        reshapes=reshapes,
+        record=consumers[-1].channels_tensor,
+        notes=notes,
+        extra_slices=extra,
+        producers=producers,
+    )
+    return unit, {i for i, node in internal.items() if _is_residual_sum(index, node)}
