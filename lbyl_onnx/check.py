@@ -5,17 +5,26 @@ hide nothing (as onnxsim's model checking does). Pruning is lossy, so the gate i
 equivalence: validation fails when the pruned model does not load or run, changes an
 output's shape or dtype, or produces NaN/Inf where the original did not. The metrics say
 how far the outputs moved.
+
+A model over the protobuf limit cannot be handed to onnxruntime (or the ONNX checker) as
+bytes: :func:`session` runs it from a file with external data, staged in a temporary folder
+(or the original's own file, when :func:`validate` is given its path), and
+:func:`check_model` checks it without its weights' bytes.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .graph.shapes import declared_dims
+from .graph import io
+from .graph.shapes import declared_dims, without_large_weights
 
 _NUMPY_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -97,14 +106,45 @@ def random_inputs(
     return feeds
 
 
-def session(model: onnx.ModelProto | bytes | str) -> ort.InferenceSession:
-    """A CPU session with every graph optimisation disabled."""
+def session(model: onnx.ModelProto | bytes | str | os.PathLike) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation disabled.
+
+    ``model`` is a ``ModelProto``, its bytes, or a path. A large ``ModelProto``
+    (:func:`io.is_large`) is written with external data into a temporary folder, without
+    changing it, and run from there; the folder goes with the session.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    staging = None
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if io.is_large(model):
+            staging = tempfile.TemporaryDirectory(prefix="lbyl-onnx-")
+            path = Path(staging.name) / "model.onnx"
+            io.write_external(model, path)
+            model = str(path)
+        else:
+            model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    try:
+        created = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except BaseException:
+        if staging is not None:
+            staging.cleanup()
+        raise
+    if staging is not None:
+        created._lbyl_staging = staging  # removed when the session is
+    return created
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
+    """The ONNX checker (raising its errors). A large model (:func:`io.is_large`) is checked
+    on a copy whose large floating-point weights are typed graph inputs: every node, type
+    and shape is checked, only the weights' bytes are not (serializing them would fail)."""
+    if io.is_large(model):
+        model = without_large_weights(model)
+    onnx.checker.check_model(model, full_check=full_check)
 
 
 def describe(feeds: dict[str, np.ndarray], source: str) -> str:
@@ -146,18 +186,24 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputMe
 
 
 def validate(
-    original: onnx.ModelProto,
+    original: onnx.ModelProto | str | os.PathLike,
     pruned: onnx.ModelProto,
     check_n: int = 8,
     seed: int = 0,
     input_shapes: dict[str, list[int]] | None = None,
     input_data: dict[str, np.ndarray] | None = None,
 ) -> Validation:
-    """Run both models on the same inputs and compare every output."""
+    """Run both models on the same inputs and compare every output.
+
+    ``original`` may be the path of the original's file (a large model then runs from it,
+    not from a staged copy); its inputs are then read from ``pruned``, which has the same.
+    """
     try:
         reference_session = session(original)
     except Exception as error:
         return Validation("unavailable", "", f"the original model does not load: {_line(error)}")
+    if not isinstance(original, onnx.ModelProto):
+        original = pruned  # pruning never changes the real inputs: their declarations
     names = [o.name for o in reference_session.get_outputs()]
     feeds, reference, source, error = None, None, "", None
     guesses = (1,) if input_data else GUESSED_DIMS

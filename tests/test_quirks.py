@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
+from models import GraphBuilder, conv_net, random_filters, weights_of
 from onnx import TensorProto, helper, numpy_helper
 
 from lbyl_onnx import MethodOptions, list_units, prune
 from lbyl_onnx.check import session
+from lbyl_onnx.graph.index import attribute
 
 C0, N, OUT, HW = 3, 8, 5, 6
 
@@ -240,3 +244,253 @@ def test_channels_last_flatten_folds_compensation_exactly_in_a_linear_chain() ->
     )
     plain, _ = prune(model, ratio=0.25, method="prune", check=False)
     assert np.abs(session(plain).run(None, {"x": x})[0] - reference).max() > 1e-2
+
+
+# --------------------------------------------------------------------------- activations
+
+
+DECLINED_ACTIVATIONS = {
+    # form: (opset, the op the reason must name: the first that reads conv0's output)
+    "HardSwish": (14, "HardSwish"),
+    "HardSigmoid": (17, "HardSigmoid"),
+    "Sigmoid": (17, "Sigmoid"),
+    "SiLU": (17, "Sigmoid"),  # x * Sigmoid(x)
+    "HardSwish_as_HardSigmoid": (17, "HardSigmoid"),  # x * HardSigmoid(x, 1/6, 1/2)
+    "HardSwish_as_Clip": (17, "Add"),  # x * Clip(x + 3, 0, 6) / 6 (torch before opset 14)
+}
+
+
+def _declined_activation_model(form: str, opset: int) -> onnx.ModelProto:
+    """``x -> conv0 -> <form> -> conv1 -> Relu -> head -> y``: conv0's activation is one the
+    tool does not support; conv1 is an ordinary unit, so pruning does change the model."""
+    rng = np.random.default_rng(11)
+    g = GraphBuilder(opset)
+    x = g.input("x", ["N", C0, HW, HW])
+    w0 = g.const("W0", random_filters(rng, N, C0 * 9, (C0, 3, 3)))
+    b0 = g.const("b0", rng.standard_normal(N).astype(np.float32))
+    z = g.op("Conv", [x, w0, b0], "z", name="conv0", pads=[1] * 4)
+    if form in ("HardSwish", "HardSigmoid", "Sigmoid"):
+        a = g.op(form, [z], "a", name="act")
+    elif form == "SiLU":
+        a = g.op("Mul", [z, g.op("Sigmoid", [z], "s", name="sigmoid")], "a", name="mul")
+    elif form == "HardSwish_as_HardSigmoid":
+        gate = g.op("HardSigmoid", [z], "h", name="gate", alpha=1 / 6, beta=0.5)
+        a = g.op("Mul", [z, gate], "a", name="mul")
+    elif form == "HardSwish_as_Clip":
+        three = g.const("three", np.array(3.0, np.float32))
+        zero, six = (
+            g.const("zero", np.array(0.0, np.float32)),
+            g.const("six", np.array(6.0, np.float32)),
+        )
+        shifted = g.op("Add", [z, three], "t", name="add3")
+        clipped = g.op("Clip", [shifted, zero, six], "c", name="relu6")
+        a = g.op("Div", [g.op("Mul", [z, clipped], "m", name="mul"), six], "a", name="div6")
+    else:
+        raise ValueError(form)
+    w1 = g.const("W1", random_filters(rng, N, N * 9, (N, 3, 3)))
+    z1 = g.op("Conv", [a, w1], "z1", name="conv1", pads=[1] * 4)
+    r1 = g.op("Relu", [z1], "r1", name="relu1")
+    g.op("Conv", [r1, g.const("V", random_filters(rng, OUT, N, (N, 1, 1)))], "y", name="head")
+    g.output("y", ["N", OUT, HW, HW])
+    model = g.build()
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("form", list(DECLINED_ACTIVATIONS))
+def test_unsupported_activation_is_declined_and_left_untouched(form: str) -> None:
+    opset, op = DECLINED_ACTIVATIONS[form]
+    model = _declined_activation_model(form, opset)
+    units, declined = list_units(model)
+    assert [u.name for u in units] == ["conv1"], declined
+    reasons = {d.name: d.reason for d in declined}
+    assert re.search(rf"\b{op}\b", reasons["conv0"]), reasons["conv0"]
+
+    pruned, report = prune(model, ratio=0.3)
+    assert report.validation.status == "passed", report.validation.message
+    onnx.checker.check_model(pruned, full_check=True)
+    # conv0 and every node of its activation, before conv1, are exactly as they were ...
+    first = [n.name for n in model.graph.node].index("conv1")
+    assert list(pruned.graph.node)[:first] == list(model.graph.node)[:first]
+    before, after = weights_of(model), weights_of(pruned)
+    for node in list(model.graph.node)[:first]:
+        for name in node.input:
+            if name in before:
+                np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    # ... and conv1, which reads them, lost output channels but none of its input channels
+    conv1 = next(n for n in pruned.graph.node if n.name == "conv1")
+    assert after[conv1.input[1]].shape == (int(N * 0.7), N, 3, 3)
+
+
+# --------------------------------------------------------------------------- old BatchNormalization
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_batchnorm_with_spatial_1_is_exact_at_ratio_0_and_validates_at_0_3(opset: int) -> None:
+    model = _conv_chain("bn", _arrays("bn"), opset, spatial=1)
+    assert [u.name for u in list_units(model)[0]] == ["conv0"]
+    x = np.random.default_rng(6).standard_normal((3, C0, HW, HW)).astype(np.float32)
+    reference = session(model).run(None, {"x": x})[0]
+
+    same, report = prune(model, ratio=0.0)
+    assert report.validation.status == "passed", report.validation.message
+    np.testing.assert_allclose(session(same).run(None, {"x": x})[0], reference, atol=1e-5)
+
+    pruned, report = prune(model, ratio=0.3)
+    assert report.validation.status == "passed", report.validation.message
+    onnx.checker.check_model(pruned, full_check=True)
+    assert pruned.ir_version == model.ir_version
+    assert pruned.opset_import == model.opset_import
+    bn = next(n for n in pruned.graph.node if n.op_type == "BatchNormalization")
+    assert attribute(bn, "spatial") == 1
+    kept = int(N * 0.7)
+    shapes = {name: value.shape for name, value in weights_of(pruned).items()}
+    assert [shapes[name] for name in bn.input[1:]] == [(kept,)] * 4
+
+
+def _opset6_batchnorm(arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The ``bn`` chain at opset 6 and IR 3: BatchNormalization-6 with ``is_test=1`` and
+    ``spatial=1``, every initializer listed as a graph input (what IR 3 requires)."""
+    model = _conv_chain("bn", arrays, opset=7, spatial=1)
+    model.opset_import[0].version = 6
+    model.ir_version = 3
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.attribute.append(helper.make_attribute("is_test", 1))
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _as_opset7(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model at opset 7: BatchNormalization-7 is BatchNormalization-6 in test mode
+    without the ``is_test`` attribute."""
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    converted.opset_import[0].version = 7
+    for node in converted.graph.node:
+        kept = [a for a in node.attribute if a.name != "is_test"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return converted
+
+
+def test_opset6_batchnorm_with_is_test_is_pruned_and_keeps_its_format() -> None:
+    """onnxruntime has no kernel for BatchNormalization-6, so such a model cannot run there and
+    validation is 'unavailable'. What is checked instead: the checker passes, the unit is
+    found, opset 6, IR 3 and ``is_test`` are kept, and, converted to opset 7 (the same
+    computation), the pruned model matches the hand-pruned one in onnxruntime."""
+    arrays = _arrays("bn")
+    model = _opset6_batchnorm(arrays)
+    with pytest.raises(Exception, match="BatchNormalization"):
+        session(model)  # the premise: onnxruntime cannot run it (else validate it instead)
+    units, _ = list_units(model)
+    assert [(u.name, u.bn.name) for u in units] == [("conv0", "bn")]
+
+    pruned, report = prune(model, ratio=0.5, method="prune")
+    assert report.validation.status == "unavailable"
+    assert "does not load" in report.validation.message
+    onnx.checker.check_model(pruned, full_check=True)
+    assert (pruned.ir_version, [(o.domain, o.version) for o in pruned.opset_import]) == (
+        3,
+        [("", 6)],
+    )
+    bn = next(n for n in pruned.graph.node if n.op_type == "BatchNormalization")
+    assert (attribute(bn, "is_test"), attribute(bn, "spatial")) == (1, 1)
+    listed = {
+        i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in pruned.graph.input
+    }
+    for init in pruned.graph.initializer:
+        assert listed[init.name] == list(init.dims), init.name
+
+    kept = np.sort(np.argsort(-np.linalg.norm(arrays["W"].reshape(N, -1), axis=1))[: N // 2])
+    expected = _conv_chain("bn", _delete(arrays, kept), 7, spatial=1)
+    x = np.random.default_rng(8).standard_normal((2, C0, HW, HW)).astype(np.float32)
+    np.testing.assert_allclose(
+        session(_as_opset7(pruned)).run(None, {"x": x})[0],
+        session(expected).run(None, {"x": x})[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+# --------------------------------------------------------------------------- opsets and IR
+
+
+OPSET_IR = [
+    *[
+        (opset, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+        for opset in range(7, 23)
+    ],
+    (7, 10),  # an old opset in a recent file
+    (9, 6),
+    (13, 10),
+    (18, 10),
+]
+
+
+@pytest.mark.parametrize(("opset", "ir"), OPSET_IR, ids=[f"opset{o}-ir{i}" for o, i in OPSET_IR])
+def test_every_opset_and_ir_version_is_kept_and_validated(opset: int, ir: int) -> None:
+    """Conv -> Relu -> Conv -> Relu -> Flatten -> Gemm (ops whose form did not change from
+    opset 7 on); IR 3 lists every initializer as a graph input, as it must."""
+    model = conv_net(channels=(3, 8, 6), heads=("flatten_gemm",), opset=opset, ir_version=ir)
+    assert model.ir_version == ir
+    pruned, report = prune(model, ratio=0.3)
+    assert pruned.ir_version == ir
+    assert [(o.domain, o.version) for o in pruned.opset_import] == [("", opset)]
+    onnx.checker.check_model(pruned, full_check=True)
+    assert report.validation.status == "passed", report.validation.message
+    assert [(u.name, u.channels_after) for u in report.units] == [("conv0", 5), ("conv1", 4)]
+    # plain pruning against the NumPy-deleted model, at this opset and IR
+    plain, _ = prune(model, ratio=0.3, method="prune", check=False)
+    expected = conv_net(
+        channels=(3, 8, 6), heads=("flatten_gemm",), opset=opset, ir_version=ir, delete=0.3
+    )
+    x = np.random.default_rng(9).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        session(plain).run(None, {"x": x})[0],
+        session(expected).run(None, {"x": x})[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+# --------------------------------------------------------------------------- dynamic dims
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [["batch", C0, "H", "W"], [None, C0, None, None], ["batch", C0, None, "W"]],
+    ids=["symbolic", "unknown", "mixed"],
+)
+def test_symbolic_and_unknown_dimensions_are_kept(dims: list) -> None:
+    model = conv_net(channels=(3, 8, 6), heads=("conv",))
+    out_dims = [dims[0], 5, dims[2], dims[3]]
+    for entry, wanted in ((model.graph.input[0], dims), (model.graph.output[0], out_dims)):
+        for dim, value in zip(entry.type.tensor_type.shape.dim, wanted, strict=True):
+            dim.Clear()
+            if isinstance(value, str):
+                dim.dim_param = value
+            elif value is not None:
+                dim.dim_value = value
+    onnx.checker.check_model(model, full_check=True)
+    pruned, report = prune(model, ratio=0.3)
+    assert report.validation.status == "passed", report.validation.message
+    assert len(report.units) == 2
+    for before, after in (
+        (model.graph.input, pruned.graph.input),
+        (model.graph.output, pruned.graph.output),
+    ):
+        assert [(v.name, v.type) for v in after] == [(v.name, v.type) for v in before]
+    unknown = [
+        d for d in pruned.graph.input[0].type.tensor_type.shape.dim if not d.HasField("dim_value")
+    ]
+    assert len(unknown) == 3
+    assert [d.dim_param for d in unknown] == [
+        d if isinstance(d, str) else "" for d in dims if d != C0
+    ]
+    for shape in ((2, C0, 7, 9), (1, C0, 4, 4)):  # still runs at any size
+        x = np.random.default_rng(10).standard_normal(shape).astype(np.float32)
+        assert session(pruned).run(None, {"x": x})[0].shape == (shape[0], 5, *shape[2:])

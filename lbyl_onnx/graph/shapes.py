@@ -37,7 +37,7 @@ def infer_shapes(
     Inference runs on a light copy: large floating-point initializers are replaced by graph
     inputs of the same type and shape, so no weight is copied or serialized.
     """
-    work = _without_large_weights(model)
+    work = without_large_weights(model)
     for entry in work.graph.input:
         if fixed_inputs and entry.name in fixed_inputs:
             dims = entry.type.tensor_type.shape.dim
@@ -57,11 +57,17 @@ def infer_shapes(
     return shapes
 
 
-def _without_large_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelProto:
-    """A copy whose floating-point initializers over ``limit`` elements are graph inputs."""
+def without_large_weights(
+    model: onnx.ModelProto, limit: int = 1024, any_type_limit: int = 2**16
+) -> onnx.ModelProto:
+    """A copy whose floating-point initializers over ``limit`` elements, and initializers of
+    any type over ``any_type_limit`` (quantized weights; shape-carrying integer tensors are
+    far smaller), are graph inputs of the same type and shape: for shape inference and the
+    checker, without a copy of the weights."""
     light = onnx.ModelProto()
     graph = model.graph
     light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import))
+    light.functions.extend(model.functions)  # nodes may call model-local functions
     light.graph.name = graph.name
     light.graph.node.extend(graph.node)
     light.graph.output.extend(graph.output)
@@ -69,7 +75,8 @@ def _without_large_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.Mo
     listed = {entry.name for entry in graph.input}
     light.graph.input.extend(graph.input)
     for init in graph.initializer:
-        if init.data_type in _FLOAT_TYPES and np.prod(init.dims, dtype=np.int64) > limit:
+        elements = np.prod(init.dims, dtype=np.int64)
+        if elements > any_type_limit or (init.data_type in _FLOAT_TYPES and elements > limit):
             if init.name not in listed:
                 light.graph.input.append(
                     onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
