@@ -7,16 +7,16 @@ import fnmatch
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
 from . import __version__
 from .budget import budget_counts
-from .check import Validation, input_problems, real_inputs, validate
+from .check import Validation, check_model, input_problems, real_inputs, validate
 from .errors import RewriteError, UsageError, ValidationFailed
-from .graph.io import check_output_path, load_model, save_model
+from .graph.io import check_output_path, load_model, save_model, serialized_size
 from .graph.record import record_statistics
 from .graph.rewrite import Plan, apply_plans
 from .graph.shapes import (
@@ -25,6 +25,7 @@ from .graph.shapes import (
     infer_shapes,
     op_counts,
     static_input_dims,
+    without_large_weights,
 )
 from .graph.units import Declined, Unit, find_units
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count
@@ -104,7 +105,7 @@ def summarize(
     return ModelSummary(
         parameters=count_parameters(model),
         macs=count_macs(model, shapes),
-        size_bytes=model.ByteSize(),
+        size_bytes=serialized_size(model),
         op_counts=op_counts(model),
     )
 
@@ -136,10 +137,16 @@ def prune(
     when validation fails.
     """
     config = (config or PruneConfig(**options)).validated()
-    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    owned = not isinstance(model, onnx.ModelProto)
+    original = load_model(model) if owned else model
     calibration = _checked_inputs(original, config)
-    work = onnx.ModelProto()
-    work.CopyFrom(original)
+    if owned:  # loaded here: edited in place, so the weights are never held twice
+        work, reference = original, os.fspath(model)  # validation reruns the file
+        original = without_large_weights(work)  # the structure, for the summary
+        weights = (count_parameters(work), serialized_size(work))
+    else:
+        work, reference, weights = onnx.ModelProto(), original, None
+        work.CopyFrom(original)
     recorded_shapes = {v.name for v in work.graph.value_info}
 
     units, declined = find_units(work, infer_shapes(work), config.prune_residual)
@@ -147,7 +154,7 @@ def prune(
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
-    statistics = record_statistics(original, units, calibration) if calibration and units else None
+    statistics = record_statistics(work, units, calibration) if calibration and units else None
     budget = None
     if config.target_macs is not None or config.target_params is not None:
         counts, budget = budget_counts(work, units, config, summarize(work, config.input_shapes))
@@ -182,7 +189,7 @@ def prune(
     del plans, units, statistics  # the weights as arrays are no longer needed: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
-        onnx.checker.check_model(work, full_check=True)
+        check_model(work, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise RewriteError(f"the rewritten model fails the ONNX checker: {first}") from error
@@ -190,7 +197,7 @@ def prune(
     validation: Validation | None = None
     if config.check:
         validation = validate(
-            original, work, config.check_n, config.seed, config.input_shapes, config.input_data
+            reference, work, config.check_n, config.seed, config.input_shapes, config.input_data
         )
     if not found_units:
         warnings.append("no prunable unit found: the model is unchanged")
@@ -203,7 +210,7 @@ def prune(
         ratio=config.ratio,
         units=records,
         declined=declined,
-        before=summarize(original, measured_shapes),
+        before=_before(original, weights, measured_shapes),
         after=summarize(work, measured_shapes),
         validation=validation,
         warnings=warnings,
@@ -212,6 +219,19 @@ def prune(
     if validation is not None and validation.status == "failed":
         raise ValidationFailed(f"validation failed: {validation.message}", report)
     return work, report
+
+
+def _before(
+    original: onnx.ModelProto,
+    weights: tuple[int, int] | None,
+    input_shapes: dict[str, list[int]] | None,
+) -> ModelSummary:
+    """The original's summary; ``weights`` (parameters, bytes) were counted before an
+    in-place rewrite, ``original`` is then its structure without the large weights."""
+    summary = summarize(original, input_shapes)
+    if weights is None:
+        return summary
+    return replace(summary, parameters=weights[0], size_bytes=weights[1])
 
 
 def prune_file(
@@ -224,7 +244,7 @@ def prune_file(
     """:func:`prune` from file to file; OUT is written atomically, and only on success."""
     config = (config or PruneConfig()).validated()
     check_output_path(input_path, output_path)
-    model, report = prune(load_model(input_path), config, progress)
+    model, report = prune(input_path, config, progress)
     save_model(model, output_path, external_data=save_as_external_data)
     return report
 
@@ -320,7 +340,9 @@ def _restore_recorded_shapes(model: onnx.ModelProto, recorded: set[str]) -> None
     if not missing:
         return
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(
+            without_large_weights(model), strict_mode=False
+        )
     except (onnx.shape_inference.InferenceError, RuntimeError):
         return
     for info in inferred.graph.value_info:

@@ -377,15 +377,7 @@ def test_a_stale_output_data_file_may_be_replaced(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the pipeline
 
-API_CHANGE = (
-    "api.py serializes the whole model: prune() runs onnx.checker.check_model(work) (use "
-    "check.check_model), summarize() calls model.ByteSize() (use io.serialized_size), "
-    "_restore_recorded_shapes() runs shape inference on the full model (use "
-    "shapes.without_large_weights); see the report of branch wt-quirks"
-)
 
-
-@pytest.mark.xfail(strict=True, raises=EncodeError, reason=API_CHANGE)
 def test_large_model_is_pruned_file_to_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -404,12 +396,6 @@ def test_large_model_is_pruned_file_to_file(
     assert outputs(out, x).shape == outputs(model, x).shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="api.prune() copies the loaded model (work.CopyFrom(original)): two copies of "
-    "every weight; prune_file/prune(path) own the model they load and can edit it in place",
-)
 def test_large_model_is_not_copied_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -429,13 +415,6 @@ def test_large_model_is_not_copied_in_memory(
     assert copies == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=EncodeError,
-    reason="graph/record.py copies the model into a probe and gives onnxruntime its bytes; "
-    "it should add the recorded outputs to model.graph.output only while it opens "
-    "check.session(model) (removed in a finally)",
-)
 def test_large_model_is_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = big_model()
     units, _ = lbyl_onnx.list_units(model)

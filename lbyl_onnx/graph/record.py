@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
+from .. import check
 from ..errors import UsageError
 from ..methods.calibrated import ActivationStats
 from .units import Unit
@@ -24,18 +24,17 @@ def record_statistics(
     batch: int = 16,
 ) -> dict[str, ActivationStats]:
     """Per unit name, the moments of its channels over every sample and spatial position."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
+    graph = model.graph
+    existing = {o.name for o in graph.output}
     tensors = sorted({u.record for u in units})
-    for name in tensors:
-        if name not in existing:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    count_outputs = len(graph.output)
+    graph.output.extend(
+        helper.make_empty_tensor_value_info(name) for name in tensors if name not in existing
     )
+    try:  # the recorded tensors are outputs only while the session is created
+        session = check.session(model)
+    finally:
+        del graph.output[count_outputs:]
     stats = {u.name: ActivationStats.empty(u.channels) for u in units}
     axis = {u.name: 1 if u.kind == "conv" else -1 for u in units}
     count = len(next(iter(data.values())))
