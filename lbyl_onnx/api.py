@@ -28,10 +28,11 @@ from .graph.shapes import (
     without_large_weights,
 )
 from .graph.units import Declined, Unit, find_units
-from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count
+from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, solve_prune
 from .methods.base import offsets_from_means
 from .methods.calibrated import ActivationStats, solve_calibrated
 from .methods.criteria import keep_best
+from .methods.judge import activation_error, judged
 from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
 
@@ -61,7 +62,11 @@ class PruneConfig:
     input_data: dict[str, np.ndarray] | None = None
     calibration_data: dict[str, np.ndarray] | None = None
     calibration_ridge: float = 1e-3
-    bias_correction: bool = False
+    bias_correction: bool | None = None
+    """None: in depthwise groups only (:func:`corrects_bias`)."""
+    judge: bool | None = None
+    """Replace a compensation the judge estimates worse than removal; None: in depthwise
+    groups only (measured: docs/benchmarks.md; elsewhere it misjudged as often as not)."""
     prune_residual: bool = False
 
     def validated(self) -> PruneConfig:
@@ -270,20 +275,48 @@ def _solve(
     unit: Unit, kept: np.ndarray, config: PruneConfig, statistics: ActivationStats | None
 ) -> Solution:
     """The method's solution; with calibration statistics, LBYL becomes the activation-space
-    least squares, and the other methods gain the bias correction."""
-    if statistics is None:
+    least squares, and the other methods gain the bias correction.
+
+    Data-free, the bias correction applies where :func:`corrects_bias` says so, and where the
+    judge runs (``config.judge``; it needs BatchNormalization statistics) a compensation it
+    estimates worse than plain removal after the activation is replaced by removal, with a
+    note (:mod:`lbyl_onnx.methods.judge`)."""
+    if statistics is not None:
+        if config.method == "lbyl":
+            return solve_calibrated(statistics, kept, config.calibration_ridge)
         solution = METHODS[config.method](unit.arrays, kept, config.options)
-        if config.bias_correction and trusted_means(unit):
-            bn = unit.arrays.bn
-            means = activation_means(bn.beta, bn.gamma, unit.activation_model)
+        solution.offsets = offsets_from_means(statistics.mean, solution.scaling, kept)
+        return solution
+    candidates = [METHODS[config.method](unit.arrays, kept, config.options)]
+    judge = bool(unit.regroup) if config.judge is None else config.judge
+    if judge and config.method != "prune" and judged(unit.arrays):
+        candidates.append(solve_prune(unit.arrays, kept, config.options))
+    if corrects_bias(unit, config):
+        bn = unit.arrays.bn
+        means = activation_means(bn.beta, bn.gamma, unit.activation_model)
+        for solution in candidates:
             solution.offsets = offsets_from_means(means, solution.scaling, kept)
             solution.notes.append("bias correction from BatchNormalization statistics")
-        return solution
-    if config.method == "lbyl":
-        return solve_calibrated(statistics, kept, config.calibration_ridge)
-    solution = METHODS[config.method](unit.arrays, kept, config.options)
-    solution.offsets = offsets_from_means(statistics.mean, solution.scaling, kept)
-    return solution
+    if len(candidates) == 1:
+        return candidates[0]
+    ours, removal = (
+        activation_error(unit.arrays, unit.activation_model, kept, s.scaling, s.offsets)
+        for s in candidates
+    )
+    if ours <= removal:
+        return candidates[0]
+    candidates[1].notes.append(
+        f"{config.method} estimated worse than removal after the activation "
+        f"({ours:.3g} vs {removal:.3g}, from BatchNormalization statistics): removed plainly"
+    )
+    return candidates[1]
+
+
+def corrects_bias(unit: Unit, config: PruneConfig) -> bool:
+    """Data-free bias correction: where ``--bias-correction`` asks for it, and by default in
+    depthwise groups (measured: docs/benchmarks.md), always under :func:`trusted_means`."""
+    wanted = config.bias_correction
+    return (bool(unit.regroup) if wanted is None else wanted) and trusted_means(unit)
 
 
 def trusted_means(unit: Unit) -> bool:

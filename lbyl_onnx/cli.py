@@ -198,10 +198,11 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "loses the same channels, and every reader of the chain absorbs the compensation.",
 )
 @click.option(
-    "--bias-correction",
-    is_flag=True,
+    "--bias-correction/--no-bias-correction",
+    default=None,
     help="Data-free: fold the mean that compensation leaves of each removed channel into the "
-    "consumers' biases, where BatchNormalization statistics give the means (experimental).",
+    "consumers' biases, where BatchNormalization statistics give the means. Default: in "
+    "depthwise groups only.",
 )
 @click.option(
     "--calibration-data",

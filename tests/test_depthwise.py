@@ -109,7 +109,7 @@ def test_prune_matches_numpy_deletion_of_the_coupled_channels(act):
     norms = composite_norms(arrays)
     kept = np.sort(np.argsort(-norms, kind="stable")[:5])
     oracle = block(deleted(arrays, kept), act=act)
-    out, report = pruned(model, ratio=0.375, method="prune")
+    out, report = pruned(model, ratio=0.375, method="prune", bias_correction=False)
     assert [(u.channels_before, u.channels_after) for u in report.units] == [(8, 5)]
     feeds = random_feeds(model)
     np.testing.assert_allclose(run(out, feeds)[0], run(oracle, feeds)[0], atol=1e-5)
@@ -135,7 +135,9 @@ def test_duplicated_channels_are_restored_exactly_through_the_activations():
     reference = run(model, feeds)
     errors = {}
     for method, options in (("nm", MethodOptions()), ("lbyl", EXACT), ("prune", EXACT)):
-        out, report = pruned(model, ratio=0.125, method=method, options=options)
+        out, report = pruned(
+            model, ratio=0.125, method=method, options=options, bias_correction=False
+        )
         assert [u.channels_after for u in report.units] == [7]
         errors[method] = rel_error(run(out, feeds), reference)
     assert errors["nm"] < 1e-5 and errors["lbyl"] < 1e-4, errors
@@ -195,3 +197,38 @@ def test_calibration_mode_solves_on_the_depthwise_output():
     out, report = prune(model, ratio=0.125, calibration_data=data, check=False)
     assert report.mode.startswith("calibrated")
     assert rel_error(run(out, feeds), run(model, feeds)) < 1e-3
+
+
+def test_compensation_judged_worse_than_removal_falls_back_with_a_note():
+    """Channel 7 mirrors channel 0 before the second ReLU (negated expansion row, zero
+    shifts): LBYL's exact filter-space answer ``s = -1`` is wrong after the ReLU, and the
+    judge replaces it by removal; with ``judge=False`` LBYL's answer is kept and worse."""
+    arrays = block_arrays(seed=1)
+    for key in ("dw.b", "bn1.B", "bn1.mean", "bn2.B", "bn2.mean"):
+        arrays[key][:] = 0
+    arrays["expand.W"][0] *= 0.9 * composite_norms(arrays).min() / composite_norms(arrays)[0]
+    for key, value in arrays.items():
+        if not key.startswith("project"):
+            value[7] = value[0]
+    arrays["dw.W"][7] = -arrays["dw.W"][0]
+    model = block(arrays, act="Relu")
+    feeds = random_feeds(model, batch=4)
+    reference = run(model, feeds)
+    judged, report = pruned(model, ratio=0.125, method="lbyl", options=EXACT)
+    assert any("removed plainly" in note for note in report.units[0].notes), report.units[0]
+    unjudged, report = pruned(model, ratio=0.125, method="lbyl", options=EXACT, judge=False)
+    assert not any("removed plainly" in note for note in report.units[0].notes)
+    removal, _ = pruned(model, ratio=0.125, method="prune")
+    assert rel_error(run(judged, feeds), reference) == rel_error(run(removal, feeds), reference)
+    assert rel_error(run(judged, feeds), reference) < rel_error(run(unjudged, feeds), reference)
+
+
+def test_bias_correction_is_on_by_default_in_depthwise_groups_only():
+    """The removed channel's mean from BN2's statistics goes into the projection's bias (a
+    bias is created: the projection has none); ``--no-bias-correction`` turns it off."""
+    model = block(duplicated(), act="Relu")
+    _, report = pruned(model, ratio=0.125, method="prune")
+    assert any("bias correction" in note for note in report.units[0].notes)
+    out, report = pruned(model, ratio=0.125, method="prune", bias_correction=False)
+    assert not any("bias correction" in note for note in report.units[0].notes)
+    assert len(next(n for n in out.graph.node if n.name == "project").input) == 2

@@ -49,3 +49,16 @@ def activation_means(beta: np.ndarray, gamma: np.ndarray, activation: Activation
         high = np.inf if activation.high is None else activation.high
         return positive - (_relu_mean(mean - high, std) if np.isfinite(high) else 0.0)
     raise ValueError(f"no mean for activation {activation.kind}")
+
+
+def apply_activation(z: np.ndarray, activation: Activation) -> np.ndarray:
+    """``act(z)`` for samples ``z`` (``... x N``, channels last)."""
+    if activation.kind == "identity":
+        return z
+    if activation.kind == "relu":
+        return np.maximum(z, 0.0)
+    if activation.kind == "leaky":
+        return np.where(z > 0, z, activation.slope * z)
+    if activation.kind == "clip":
+        return np.clip(z, 0.0, activation.high)
+    raise ValueError(f"no function for activation {activation.kind}")
