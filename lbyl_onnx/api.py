@@ -32,7 +32,7 @@ from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, sol
 from .methods.base import offsets_from_means
 from .methods.calibrated import ActivationStats, solve_calibrated
 from .methods.criteria import keep_best
-from .methods.judge import activation_error, judged
+from .methods.judge import activation_errors, judged
 from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
 
@@ -299,9 +299,8 @@ def _solve(
             solution.notes.append("bias correction from BatchNormalization statistics")
     if len(candidates) == 1:
         return candidates[0]
-    ours, removal = (
-        activation_error(unit.arrays, unit.activation_model, kept, s.scaling, s.offsets)
-        for s in candidates
+    ours, removal = activation_errors(
+        unit.arrays, unit.activation_model, kept, [(s.scaling, s.offsets) for s in candidates]
     )
     if ours <= removal:
         return candidates[0]

@@ -49,8 +49,10 @@ def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarr
     """
     v = weight.astype(np.float64)
     n, m = scaling.shape
-    if consumer.kind == "conv":  # O x N x k...
-        folded = np.moveaxis(np.moveaxis(v, 1, -1) @ scaling, -1, 1)
+    if consumer.kind == "conv":  # O x N x k...: one 2-D product (a stacked matmul skips BLAS)
+        moved = np.moveaxis(v, 1, -1)
+        product = moved.reshape(-1, n) @ scaling
+        folded = np.moveaxis(product.reshape(*moved.shape[:-1], m), -1, 1)
     elif consumer.interleaved and consumer.transposed:  # O x (block*N), column p*N + c
         o = v.shape[0]
         folded = (v.reshape(o, consumer.block, n) @ scaling).reshape(o, consumer.block * m)

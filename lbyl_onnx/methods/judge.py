@@ -21,8 +21,8 @@ import numpy as np
 from .base import LayerArrays
 from .moments import Activation, apply_activation
 
-SAMPLES = 4096
-"""Monte Carlo samples of the pre-activations (a 4096 x N array per unit)."""
+SAMPLES = 2048
+"""Monte Carlo samples of the pre-activations (a 2048 x N array per unit)."""
 
 
 def judged(layer: LayerArrays) -> bool:
@@ -30,15 +30,15 @@ def judged(layer: LayerArrays) -> bool:
     return layer.bn is not None and layer.bn.statistics
 
 
-def activation_error(
+def activation_errors(
     layer: LayerArrays,
     activation: Activation,
     kept: np.ndarray,
-    scaling: np.ndarray,
-    offsets: np.ndarray | None = None,
+    solutions: list[tuple[np.ndarray, np.ndarray | None]],
     seed: int = 0,
-) -> float:
-    """``E |r - S r_P - e|^2`` for the Gaussian model of the module docstring."""
+) -> list[float]:
+    """``E |r - S r_P - e|^2`` for each ``(S, e)``, on the same samples of the Gaussian model
+    of the module docstring (one Cholesky factor of ``C`` per unit)."""
     bn = layer.bn
     if bn is None:
         raise ValueError("the judge needs BatchNormalization statistics")
@@ -50,12 +50,32 @@ def activation_error(
     correlation[np.ix_(alive, alive)] = gram[np.ix_(alive, alive)] / scale
     std = np.abs(bn.gamma.astype(np.float64))
     covariance = correlation * np.outer(std, std)
-    values, vectors = np.linalg.eigh(covariance)
-    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    jitter = 1e-6 * max(float(np.trace(covariance)) / len(std), 1e-30)
+    while True:  # C is singular when there are more channels than filter weights
+        try:
+            root = np.linalg.cholesky(covariance + jitter * np.eye(len(std)))
+            break
+        except np.linalg.LinAlgError:
+            jitter *= 100
     rng = np.random.default_rng(seed)
     u = bn.beta.astype(np.float64) + rng.standard_normal((SAMPLES, len(std))) @ root.T
     r = apply_activation(u, activation)
-    estimate = r[:, kept] @ scaling.T
-    if offsets is not None:
-        estimate += offsets
-    return float(np.mean(np.sum((r - estimate) ** 2, axis=1)))
+    errors = []
+    for scaling, offsets in solutions:
+        estimate = r[:, kept] @ scaling.T
+        if offsets is not None:
+            estimate += offsets
+        errors.append(float(np.mean(np.sum((r - estimate) ** 2, axis=1))))
+    return errors
+
+
+def activation_error(
+    layer: LayerArrays,
+    activation: Activation,
+    kept: np.ndarray,
+    scaling: np.ndarray,
+    offsets: np.ndarray | None = None,
+    seed: int = 0,
+) -> float:
+    """``E |r - S r_P - e|^2`` for one solution (:func:`activation_errors`)."""
+    return activation_errors(layer, activation, kept, [(scaling, offsets)], seed)[0]
