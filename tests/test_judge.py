@@ -63,4 +63,5 @@ def test_relu_of_a_mirrored_channel_is_judged_worse_than_removal():
     expected = gamma[0] ** 2
     assert abs(ours - expected) < 0.05 * expected and abs(plain - expected / 2) < 0.05 * expected
     identity = Activation("identity")
-    assert activation_error(mirrored, identity, kept, lbyl) < 1e-9  # exact without the ReLU
+    # exact without the ReLU (up to the jitter that keeps the Cholesky factor defined)
+    assert activation_error(mirrored, identity, kept, lbyl) < 1e-4 * expected
