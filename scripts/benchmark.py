@@ -181,6 +181,8 @@ def measure_model(
 def _reason_class(reason: str) -> str:
     """A short class of a decline reason, for the table (names of tensors left out)."""
     table = [
+        ("residual group", "residual group declined"),
+        ("multiplier", "depthwise with channel multiplier"),
         ("depthwise Conv producer", "depthwise producer"),
         ("depthwise Conv", "depthwise consumer"),
         ("grouped", "grouped conv"),
