@@ -12,12 +12,16 @@ three sources, compared against the third:
 - **real**: measured on real inputs (``--real FILE.npz``, arrays named like the model's inputs,
   or ``--bench NAME``: the benchmark's calibration inputs of a development model).
 
-Columns, per source against real: ``r(mean)`` the correlation across channels of the means,
+Columns, per source against real: ``r(mean)`` the correlation across channels of the means
+(meaningless where the means hardly vary across channels), ``mean err`` the mean over
+channels of the absolute error of the mean in units of the real standard deviation,
 ``sd ratio`` the median over channels of the ratio of standard deviations, ``|dcorr|`` the
 mean absolute difference of the off-diagonal channel correlations (``abs dcorr``).
 ``res@R`` (ratio ``R``, default 0.3): the activation-space residual on real statistics
 (relative to plain removal, lower is better) of the compensation solved on real statistics
-(``real-fit``), on synthetic ones (``syn-fit``), and of data-free LBYL and Neuron Merging.
+(``real-fit``), on synthetic ones (``syn-fit``), on synthetic correlations with the means and
+standard deviations that BatchNormalization predicts where it does (``hyb-fit``, a candidate
+that calibration mode does not offer), and of data-free LBYL and Neuron Merging.
 The real inputs are split in two halves: the real-fit is solved on the first, every
 residual is measured on the second (held out); the statistics columns use both.
 
@@ -80,26 +84,46 @@ def correlation(cov: np.ndarray) -> np.ndarray:
     return cov / safe[:, None] / safe[None, :]
 
 
-def compare(means, sds, corr, real_means, real_sds, real_corr) -> tuple[str, str, str]:
-    """The three columns of one source against real statistics ('-' where not predicted)."""
+def compare(means, sds, corr, real_means, real_sds, real_corr) -> tuple[str, ...]:
+    """The four columns of one source against real statistics ('-' where not predicted)."""
     r_mean = "-"
     if means is not None and np.std(means) > 0 and np.std(real_means) > 0:
         r_mean = f"{np.corrcoef(means, real_means)[0, 1]:.3f}"
+    mean_err = "-"
+    alive = real_sds > 1e-12 * max(real_sds.max(), 1e-30)
+    if means is not None and alive.any():
+        mean_err = f"{np.mean(np.abs(means - real_means)[alive] / real_sds[alive]):.3f}"
     ratio = "-"
-    if sds is not None:
-        alive = real_sds > 1e-12 * max(real_sds.max(), 1e-30)
-        if alive.any():
-            ratio = f"{np.median(sds[alive] / real_sds[alive]):.3g}"
+    if sds is not None and alive.any():
+        ratio = f"{np.median(sds[alive] / real_sds[alive]):.3g}"
     dcorr = "-"
     if corr is not None and len(real_corr) > 1:
         off = ~np.eye(len(real_corr), dtype=bool)
         dcorr = f"{np.mean(np.abs(corr[off] - real_corr[off])):.3f}"
-    return r_mean, ratio, dcorr
+    return r_mean, mean_err, ratio, dcorr
+
+
+def hybrid_stats(syn, means, sds) -> ActivationStats | None:
+    """Synthetic statistics with the BatchNormalization's moments where it predicts them:
+    means from BN, standard deviations from BN (else synthetic), correlations synthetic."""
+    if means is None:
+        return None
+    cov = syn.covariance
+    sd_syn = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    sd = sds if sds is not None else sd_syn
+    corr = correlation(cov)
+    new_cov = corr * sd[:, None] * sd[None, :]
+    count = max(syn.count, 1)
+    return ActivationStats(means * count, (new_cov + np.outer(means, means)) * count, count)
+
+
+def _cell(value: float) -> str:
+    return "dead" if np.isnan(value) else "-" if np.isinf(value) else f"{value:.3f}"
 
 
 def residual(stats, scaling: np.ndarray, offsets: np.ndarray | None, kept: np.ndarray) -> float:
     """Activation-space error of ``r_j ~ S_j^T r_P + e_j`` over the removed channels, under
-    ``stats``, relative to plain removal."""
+    ``stats``, relative to plain removal (NaN when the removed channels are dead)."""
     cov, mu = stats.covariance, stats.mean
     removed = np.setdiff1d(np.arange(len(mu)), kept)
     if len(removed) == 0:
@@ -113,7 +137,9 @@ def residual(stats, scaling: np.ndarray, offsets: np.ndarray | None, kept: np.nd
     )
     mean_err = mu[removed] - s @ mu[kept] - e
     baseline = float(np.sum(np.diag(cov)[removed] + mu[removed] ** 2))
-    return float(np.sum(np.maximum(var_err, 0) + mean_err**2) / max(baseline, 1e-30))
+    if baseline <= 1e-9 * float(np.sum(np.diag(cov) + mu**2)):
+        return float("nan")  # the removed channels are dead: nothing to compensate
+    return float(np.sum(np.maximum(var_err, 0) + mean_err**2) / baseline)
 
 
 def real_data(args, model) -> tuple[dict[str, np.ndarray], dict | None, str]:
@@ -171,8 +197,11 @@ def main() -> int:
         )
     start = time.perf_counter()
     half = count // 2
-    fit_half = record_statistics(model, units, {k: v[:half] for k, v in real.items()})
-    held_out = record_statistics(model, units, {k: v[half:] for k, v in real.items()})
+    batch = max(1, min(16, half))  # few large inputs (PP-OCRv4: 16) still split in two
+    first = {k: v[:half] for k, v in real.items()}
+    second = {k: v[half:] for k, v in real.items()}
+    fit_half = record_statistics(model, units, first, batch)
+    held_out = record_statistics(model, units, second, batch)
     real_stats = {
         name: ActivationStats(
             fit_half[name].total + held_out[name].total,
@@ -181,15 +210,16 @@ def main() -> int:
         )
         for name in fit_half
     }
-    syn_stats = record_statistics(model, units, synthetic)
+    syn_stats = record_statistics(model, units, synthetic, batch)
     print(
         f"{count} real inputs ({label}), {count} synthetic; synthesis {synth_seconds:.1f} s, "
         f"recording {time.perf_counter() - start:.1f} s\n"
     )
     r = args.ratio
     header = (
-        "| unit | ch | bn r(mean) | bn sd ratio | bn abs dcorr | syn r(mean) | syn sd ratio "
-        f"| syn abs dcorr | res@{r} real-fit | syn-fit | lbyl | nm |"
+        "| unit | ch | bn r(mean) | bn mean err | bn sd ratio | bn abs dcorr | syn r(mean) "
+        f"| syn mean err | syn sd ratio | syn abs dcorr | res@{r} real-fit | syn-fit | hyb-fit "
+        "| lbyl | nm |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -220,24 +250,35 @@ def main() -> int:
         kept = keep_best(unit.arrays.weight, kept_count(unit.channels, r), "l2")
         real_fit = solve_calibrated(fit_half[unit.name], kept)
         syn_fit = solve_calibrated(ss, kept)
+        hybrid = hybrid_stats(ss, bn_means, bn_sds)
+        hyb_fit = solve_calibrated(hybrid, kept) if hybrid is not None else None
         test = held_out[unit.name]
         lbyl = METHODS["lbyl"](unit.arrays, kept, MethodOptions())
         nm = METHODS["nm"](unit.arrays, kept, MethodOptions())
         res = [
             residual(test, real_fit.scaling, real_fit.offsets, kept),
             residual(test, syn_fit.scaling, syn_fit.offsets, kept),
+            residual(test, hyb_fit.scaling, hyb_fit.offsets, kept) if hyb_fit else np.inf,
             residual(test, lbyl.scaling, None, kept),
             residual(test, nm.scaling, None, kept),
         ]
-        for key, value in zip(("real-fit", "syn-fit", "lbyl", "nm"), res, strict=True):
-            summary.setdefault(key, []).append(value)
-        for key, value in zip(("syn r(mean)", "syn sd ratio", "syn dcorr"), syn_cols, strict=True):
+        if not np.isnan(res[0]):
+            for key, value in zip(
+                ("real-fit", "syn-fit", "hyb-fit", "lbyl", "nm"), res, strict=True
+            ):
+                if np.isfinite(value):
+                    summary.setdefault(key, []).append(value)
+        for key, value in zip(
+            ("syn r(mean)", "syn mean err", "syn sd ratio", "syn dcorr"), syn_cols, strict=True
+        ):
             if value != "-":
                 summary.setdefault(key, []).append(float(value))
-        for key, value in zip(("bn r(mean)", "bn sd ratio", "bn dcorr"), bn_cols, strict=True):
+        for key, value in zip(
+            ("bn r(mean)", "bn mean err", "bn sd ratio", "bn dcorr"), bn_cols, strict=True
+        ):
             if value != "-":
                 summary.setdefault(key, []).append(float(value))
-        cells = [*bn_cols, *syn_cols, *(f"{v:.3f}" for v in res)]
+        cells = [*bn_cols, *syn_cols, *(_cell(v) for v in res)]
         print(f"| {unit.name} | {unit.channels} | " + " | ".join(cells) + " |")
     print("\nmedians over units:")
     for key, values in summary.items():
@@ -246,7 +287,8 @@ def main() -> int:
         s < min(a, b)
         for s, a, b in zip(summary["syn-fit"], summary["lbyl"], summary["nm"], strict=True)
     )
-    print(f"  syn-fit residual below both data-free methods in {wins} of {len(units)} units")
+    live = len(summary["syn-fit"])
+    print(f"  syn-fit residual below both data-free methods in {wins} of {live} units")
     return 0
 
 

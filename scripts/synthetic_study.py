@@ -17,6 +17,7 @@ photo inputs), else ``tie``.
     python scripts/synthetic_study.py --json synthetic.json            # every model
     python scripts/synthetic_study.py --models digits_vgg_bn,centerface
     python scripts/synthetic_study.py --combine a.json b.json          # one table of several runs
+    python scripts/synthetic_study.py --models vgg16_tumor --convention "[0,1]" --methods lbyl+syn
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from benchmark import CALIBRATION_SAMPLES, headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.synthetic import fit_normalisation, input_specs, synthetic_inputs
+from lbyl_onnx.synthetic import (
+    CONVENTIONS,
+    Normalisation,
+    convention,
+    fit_normalisation,
+    input_specs,
+    synthetic_inputs,
+)
 
 METHODS = ("prune", "nm", "lbyl", "lbyl+syn", "lbyl+cal")
 
@@ -44,19 +52,25 @@ def verdict(row: dict, tie: float) -> str:
     """``lbyl+syn`` against the better data-free compensation (``nm``, ``lbyl``)."""
     lower = row["metric"] == "rel_l2"
     q = row["quality"]
+    if not {"nm", "lbyl", "lbyl+syn"} <= set(q):
+        return "-"
     best = min(q["nm"], q["lbyl"]) if lower else max(q["nm"], q["lbyl"])
     gain = (best - q["lbyl+syn"]) if lower else (q["lbyl+syn"] - best)
     return "win" if gain > tie else "loss" if gain < -tie else "tie"
 
 
-def study_model(bench, ratios, n: int, log) -> dict:
+def study_model(bench, ratios, n: int, log, methods=METHODS, forced: str | None = None) -> dict:
     original = load_model(bench.path)
     units, _ = lbyl_onnx.list_units(original)
     real = bench.calibration(CALIBRATION_SAMPLES)
     count = len(next(iter(real.values())))
     start = time.perf_counter()
     norms = {
-        s.name: fit_normalisation(original, s.name, input_shapes=bench.input_shapes)
+        s.name: (
+            Normalisation(*convention(forced, s.channels), f"forced {forced}")
+            if forced
+            else fit_normalisation(original, s.name, input_shapes=bench.input_shapes)
+        )
         for s in input_specs(original, bench.input_shapes)
         if s.layout != "dense"
     }
@@ -88,7 +102,7 @@ def study_model(bench, ratios, n: int, log) -> dict:
     log(f"{bench.name}: {len(units)} units, synthesis {synthesis:.1f} s, {result['normalisation']}")
     for ratio in ratios:
         row = {"ratio": ratio, "quality": {}, "seconds": {}}
-        for method in METHODS:
+        for method in methods:
             data = {"lbyl+syn": synthetic, "lbyl+cal": real}.get(method)
             start = time.perf_counter()
             model, _ = lbyl_onnx.prune(
@@ -103,7 +117,7 @@ def study_model(bench, ratios, n: int, log) -> dict:
             key, value = headline(bench.quality(model, n))
             row["metric"], row["quality"][method] = key, value
         result["rows"].append(row)
-        cells = " ".join(f"{m} {row['quality'][m]:.3f}" for m in METHODS)
+        cells = " ".join(f"{m} {v:.3f}" for m, v in row["quality"].items())
         log(f"  {bench.name} {ratio:.1f} {row['metric']}: {cells}")
     return result
 
@@ -117,12 +131,12 @@ def table(results: list[dict], tie: float) -> list[str]:
     for result in results:
         for row in result["rows"]:
             q = row["quality"]
-            cells = " | ".join(f"{q[m]:.3f}" for m in METHODS)
+            cells = " | ".join(f"{q[m]:.3f}" if m in q else "-" for m in METHODS)
             lines.append(
                 f"| {result['name']} | {row['ratio']:.1f} | {row['metric']} | {cells} "
                 f"| {verdict(row, tie)} |"
             )
-    counts = {v: 0 for v in ("win", "tie", "loss")}
+    counts = {v: 0 for v in ("win", "tie", "loss", "-")}
     for result in results:
         for row in result["rows"]:
             counts[verdict(row, tie)] += 1
@@ -138,7 +152,7 @@ def table(results: list[dict], tie: float) -> list[str]:
             for v in r["normalisation"].values()
         )
         mean = {
-            m: np.mean([row["seconds"][m] for row in r["rows"]]) if r["rows"] else 0.0
+            m: np.mean([row["seconds"].get(m, np.nan) for row in r["rows"]]) if r["rows"] else 0.0
             for m in ("lbyl", "lbyl+syn", "lbyl+cal")
         }
         lines.append(
@@ -155,6 +169,12 @@ def main() -> int:
     parser.add_argument("--ratios", default="0.1,0.2,0.3")
     parser.add_argument("--n", type=int, default=256, help="evaluation inputs (benchmark: 256)")
     parser.add_argument("--tie", type=float, default=0.01)
+    parser.add_argument("--methods", default=",".join(METHODS), help="subset of the columns")
+    parser.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        help="ablation: map synthetic images by this convention instead of the inferred one",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--combine", type=Path, nargs="+", help="print the table of JSON files")
     args = parser.parse_args()
@@ -170,19 +190,24 @@ def main() -> int:
         missing = wanted - {b.name for b in benches}
         print(f"not available here: {', '.join(sorted(missing))}", file=sys.stderr)
     start = time.perf_counter()
+    methods = [m for m in METHODS if m in args.methods.split(",")]
     results = [
-        study_model(b, ratios, args.n, lambda s: print(s, file=sys.stderr, flush=True))
+        study_model(
+            b,
+            ratios,
+            args.n,
+            lambda s: print(s, file=sys.stderr, flush=True),
+            methods,
+            args.convention,
+        )
         for b in benches
     ]
-    lines = table(results, args.tie)
-    print("\n".join(lines))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    total = time.perf_counter() - start
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"ratios": ratios, "n": args.n, "tie": args.tie, "results": results}, indent=1
-            )
-        )
+        record = {"ratios": ratios, "n": args.n, "tie": args.tie, "seconds": total}
+        args.json.write_text(json.dumps({**record, "results": results}, indent=1))
+    print("\n".join(table(results, args.tie)))
+    print(f"\ntotal {total:.0f} s")
     return 0
 
 

@@ -141,19 +141,24 @@ def conv_outputs(weight: np.ndarray, bias: np.ndarray | None, images: np.ndarray
     return z.transpose(1, 0, 2, 3).reshape(z.shape[1], -1).astype(np.float64)
 
 
+IMAGENET = (
+    1 / np.array([0.229, 0.224, 0.225]),
+    -np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+)
+
+
 @pytest.mark.parametrize(
-    ("channels", "scale", "shift"),
+    ("channels", "scale", "shift", "per_channel"),
     [
-        (
-            3,
-            1 / np.array([0.229, 0.224, 0.225]),
-            -np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
-        ),
-        (3, np.array([2.0, 2.0, 2.0]), np.array([-1.0, -1.0, -1.0])),
-        (1, np.array([255.0]), np.array([0.0])),
+        (3, *IMAGENET, True),
+        (3, np.array([2.0, 2.0, 2.0]), np.array([-1.0, -1.0, -1.0]), False),
+        (3, np.array([2.0, 2.0, 2.0]), np.array([-1.0, -1.0, -1.0]), True),
+        (1, np.array([255.0]), np.array([0.0]), False),
     ],
 )
-def test_normalisation_recovers_the_map_behind_batchnorm_statistics(channels, scale, shift):
+def test_normalisation_recovers_the_map_behind_batchnorm_statistics(
+    channels, scale, shift, per_channel
+):
     rng = np.random.default_rng(11)
     weight = rng.standard_normal((24, channels, 3, 3))
     bias = rng.standard_normal(24) * 0.1
@@ -161,7 +166,8 @@ def test_normalisation_recovers_the_map_behind_batchnorm_statistics(channels, sc
     mapped = images * scale[None, :, None, None] + shift[None, :, None, None]
     z = conv_outputs(weight, bias, mapped)
     model = conv_model(weight, bias, (z.mean(1), z.var(1)))
-    norm = fit_normalisation(model, input_shapes={"input": [1, channels, 48, 48]})
+    shapes = {"input": [1, channels, 48, 48]}
+    norm = fit_normalisation(model, input_shapes=shapes, per_channel=per_channel)
     assert norm.source == "batchnorm"
     np.testing.assert_allclose(norm.scale, scale, rtol=0.08)
     # the shift is judged in the map's own units: the level it gives a mid-grey pixel
@@ -172,7 +178,7 @@ def test_normalisation_recovers_the_map_behind_batchnorm_statistics(channels, sc
 def test_normalisation_reads_nhwc_inputs_through_the_transpose():
     rng = np.random.default_rng(12)
     weight = rng.standard_normal((16, 3, 3, 3))
-    scale, shift = convention("imagenet", 3)
+    scale, shift = convention("[-1,1]", 3)
     images = synthetic_images(64, 3, 40, 40, seed=99)
     z = conv_outputs(weight, None, images * scale[None, :, None, None] + shift[None, :, None, None])
     model = conv_model(weight, None, (z.mean(1), z.var(1)), nhwc=True)
