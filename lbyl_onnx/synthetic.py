@@ -263,7 +263,8 @@ def input_specs(
     ``input_shapes`` (name -> full shape, as ``PruneConfig.input_shapes``) fixes dimensions;
     otherwise a symbolic image side becomes :data:`IMAGE_SIDE`, a symbolic channel count 3,
     any other symbolic non-batch dimension 1. The batch dimension is ``-1`` when free, else
-    the model's fixed batch.
+    the model's fixed batch. Raises ``ValueError`` for an input that is not floating point
+    (token ids, masks): nothing is known of its values.
     """
     index = GraphIndex(model)
     specs = []
