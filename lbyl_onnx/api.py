@@ -191,6 +191,9 @@ def prune(
 
     apply_plans(work, plans)
     found_units = bool(units)
+    depthwise = sum(
+        bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
+    )
     del plans, units, statistics  # the weights as arrays are no longer needed: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
@@ -206,6 +209,12 @@ def prune(
         )
     if not found_units:
         warnings.append("no prunable unit found: the model is unchanged")
+    if depthwise and not calibration:
+        warnings.append(
+            f"{depthwise} depthwise group(s) pruned without calibration data: data-free "
+            "compensation there is weak (docs/benchmarks.md); validate with --input-data, and "
+            "prefer --calibration-data or a small --ratio"
+        )
     measured_shapes = config.input_shapes or (validation.input_shapes if validation else None)
     report = Report(
         tool_version=__version__,

@@ -232,3 +232,14 @@ def test_bias_correction_is_on_by_default_in_depthwise_groups_only():
     out, report = pruned(model, ratio=0.125, method="prune", bias_correction=False)
     assert not any("bias correction" in note for note in report.units[0].notes)
     assert len(next(n for n in out.graph.node if n.name == "project").input) == 2
+
+
+def test_data_free_pruning_of_depthwise_groups_warns_and_calibration_does_not():
+    model = block(duplicated(), act="Relu")
+    _, report = pruned(model, ratio=0.125)
+    assert any("depthwise group" in w for w in report.warnings), report.warnings
+    _, report = pruned(model, ratio=0.0)
+    assert not any("depthwise group" in w for w in report.warnings), report.warnings
+    data = random_feeds(model, seed=7, batch=64)
+    _, report = prune(model, ratio=0.125, calibration_data=data, check=False)
+    assert not any("depthwise group" in w for w in report.warnings), report.warnings
