@@ -518,16 +518,8 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
     consumers = _match_consumers(index, tensor, layout, n, shapes, tensors, notes, reshapes)
     reads = {c.channels_tensor for c in consumers}
     record = reads.pop() if len(reads) == 1 else tensor
-    return Unit(
-        name=node_name(producer),
-        producer=producer,
-        kind=chain.kind,
-        weight=chain.weight,
-        bias=chain.bias,
-        bn=chain.bn,
-        bn_params=chain.bn_params,
-        activation=chain.activation,
-        slope=chain.slope,
+    return _chain_unit(
+        chain,
         consumers=consumers,
         tensors=tensors,
         arrays=arrays,
@@ -538,6 +530,23 @@ def _match_unit(index: GraphIndex, producer: onnx.NodeProto, shapes) -> Unit:
         extra_slices=extra,
         regroup=regroup,
         producers=producers,
+    )
+
+
+def _chain_unit(chain: _Chain, **fields) -> Unit:
+    """A unit whose main producer is ``chain``'s, with the other fields given."""
+    producer = chain.weight.node
+    return Unit(
+        name=node_name(producer),
+        producer=producer,
+        kind=chain.kind,
+        weight=chain.weight,
+        bias=chain.bias,
+        bn=chain.bn,
+        bn_params=chain.bn_params,
+        activation=chain.activation,
+        slope=chain.slope,
+        **fields,
     )
 
 
@@ -883,7 +892,7 @@ def _match_residual(index: GraphIndex, start: onnx.NodeProto, shapes) -> tuple[U
     notes: list[str] = []
     for node in internal.values():
         if node.op_type in ACTIVATIONS:
-            slope = _match_activation(index, node, n, -3)
+            slope = _match_activation(index, node, n, chains[0][1].channel_axis)
             if slope is not None:
                 extra.append((slope, channel_axis(slope.value, n)))
         elif node.op_type == "MaxPool":
@@ -913,16 +922,8 @@ def _match_residual(index: GraphIndex, start: onnx.NodeProto, shapes) -> tuple[U
     )
     producers = [chain.weight.node for _, chain in chains]
     notes.insert(0, "residual group of " + ", ".join(f"'{node_name(p)}'" for p in producers))
-    unit = Unit(
-        name=node_name(producers[0]),
-        producer=producers[0],
-        kind="conv",
-        weight=first.weight,
-        bias=first.bias,
-        bn=first.bn,
-        bn_params=first.bn_params,
-        activation=None,
-        slope=None,
+    unit = _chain_unit(
+        first,
         consumers=consumers,
         tensors=tensors,
         arrays=arrays,
