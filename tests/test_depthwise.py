@@ -243,3 +243,11 @@ def test_data_free_pruning_of_depthwise_groups_warns_and_calibration_does_not():
     data = random_feeds(model, seed=7, batch=64)
     _, report = prune(model, ratio=0.125, calibration_data=data, check=False)
     assert not any("depthwise group" in w for w in report.warnings), report.warnings
+
+
+def test_depthwise_groups_without_rounding_warn_about_latency():
+    model = block(duplicated(), act="Relu")
+    _, report = pruned(model, ratio=0.125)
+    assert any("--round-to 8" in w for w in report.warnings), report.warnings
+    _, report = pruned(model, ratio=0.125, round_to=4)
+    assert not any("--round-to 8" in w for w in report.warnings), report.warnings
