@@ -12,12 +12,17 @@ The model: ``stem -> BN -> Relu -> [conv1 -> BN -> Relu -> conv2 -> BN -> Add ->
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import pytest
+from click.testing import CliRunner
 from models import GraphBuilder, random_bn, random_feeds, random_filters
 from test_rewrite import EXACT, pruned, rel_error, run
 
 from lbyl_onnx import MethodOptions, list_units, prune
+from lbyl_onnx.cli import main
 
 KEYS = ("scale", "B", "mean", "var")
 PRODUCERS = ("stem", "b0.conv2", "b1.conv2")
@@ -166,3 +171,22 @@ def test_model_with_residual_groups_validates_in_onnxruntime():
     assert [u.channels_after for u in report.units] == [5, 4, 4]  # int(8 * 0.7), int(6 * 0.7)
     assert report.validation is not None and report.validation.status == "passed"
     assert report.after.parameters < report.before.parameters
+
+
+def test_command_line_prunes_residual_groups_only_when_asked(tmp_path):
+    path = tmp_path / "resnet.onnx"
+    onnx.save(resnet(arrays_of(seed=6)), str(path))
+    listed = CliRunner().invoke(main, [str(path), "--list", "--prune-residual"])
+    assert listed.exit_code == 0 and "residual group of 'stem'" in listed.output, listed.output
+    plain = CliRunner().invoke(main, [str(path), "--list"])
+    assert "residual group" not in plain.output
+    out = tmp_path / "out.onnx"
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main, [str(path), str(out), "--prune-residual", "--report", str(report), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    units = {u["name"]: u for u in json.loads(report.read_text())["units"]}
+    assert units["stem"]["channels_after"] == 5
+    weights = {t.name: t.dims for t in onnx.load(str(out)).graph.initializer}
+    assert next(d for name, d in weights.items() if name.startswith("b0.conv2.W"))[0] == 5
