@@ -609,20 +609,17 @@ def main(argv: list[str] | None = None) -> None:
             save_and_verify(mlp_to_onnx(mlp), out_dir / "digits_mlp.onnx", mlp_ref, split)
         )
     # The residual CNNs reseed first, so each is the same whichever models are selected.
-    if "resnet" in selected:
-        set_determinism()
-        resnet = timed_train("resnet", ResNet(), split, epochs=RESNET_EPOCHS)
-        ref = torch_logits(resnet, split.x_test)
-        results.append(
-            save_and_verify(resnet_to_onnx(resnet), out_dir / "digits_resnet.onnx", ref, split)
-        )
-    if "mbv2" in selected:
-        set_determinism()
-        mbv2 = timed_train("mbv2", MobileNetV2(), split, epochs=MBV2_EPOCHS)
-        ref = torch_logits(mbv2, split.x_test)
-        results.append(
-            save_and_verify(mbv2_to_onnx(mbv2), out_dir / "digits_mbv2.onnx", ref, split)
-        )
+    residual = [
+        ("resnet", ResNet, resnet_to_onnx, RESNET_EPOCHS),
+        ("mbv2", MobileNetV2, mbv2_to_onnx, MBV2_EPOCHS),
+    ]
+    for name, make, to_onnx, epochs in residual:
+        if name in selected:
+            set_determinism()
+            net = timed_train(name, make(), split, epochs=epochs)
+            ref = torch_logits(net, split.x_test)
+            path = out_dir / f"digits_{name}.onnx"
+            results.append(save_and_verify(to_onnx(net), path, ref, split))
     print_summary(results, test_path)
     print(f"done in {time.perf_counter() - start:.1f} s")
 

@@ -68,15 +68,3 @@ def activation_errors(
             estimate += offsets.astype(np.float32)
         errors.append(float(np.mean(np.sum((r - estimate) ** 2, axis=1, dtype=np.float64))))
     return errors
-
-
-def activation_error(
-    layer: LayerArrays,
-    activation: Activation,
-    kept: np.ndarray,
-    scaling: np.ndarray,
-    offsets: np.ndarray | None = None,
-    seed: int = 0,
-) -> float:
-    """``E |r - S r_P - e|^2`` for one solution (:func:`activation_errors`)."""
-    return activation_errors(layer, activation, kept, [(scaling, offsets)], seed)[0]
