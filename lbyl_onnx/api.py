@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
 
 from . import __version__
 from .budget import budget_counts
@@ -32,9 +33,10 @@ from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, sol
 from .methods.base import offsets_from_means
 from .methods.calibrated import ActivationStats, solve_calibrated
 from .methods.criteria import keep_best
-from .methods.judge import activation_errors, judged
+from .methods.judge import activation_errors, activation_samples, judged
 from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
+from .synthetic import synthetic_inputs
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def prune(
     statistics = record_statistics(work, units, calibration) if calibration and units else None
     budget = None
     if config.target_macs is not None or config.target_params is not None:
-        counts, budget = budget_counts(work, units, config, summarize(work, config.input_shapes))
+        counts, budget = _budget_counts(work, units, config, statistics)
     else:
         counts = {u.name: _ratio_count(u, config) for u in units}
 
@@ -286,8 +288,27 @@ def _checked_inputs(model: onnx.ModelProto, config: PruneConfig) -> dict[str, np
     return calibration
 
 
+@dataclass
+class _JudgeSamples:
+    """The judge's samples of the last unit asked for: drawn once while one unit is solved
+    for several kept sets (a budget's damage curve), and only one unit's held at a time."""
+
+    name: str = ""
+    samples: np.ndarray | None = None
+
+    def of(self, unit: Unit) -> np.ndarray:
+        if self.samples is None or unit.name != self.name:
+            self.name = unit.name
+            self.samples = activation_samples(unit.arrays, unit.activation_model)
+        return self.samples
+
+
 def _solve(
-    unit: Unit, kept: np.ndarray, config: PruneConfig, statistics: ActivationStats | None
+    unit: Unit,
+    kept: np.ndarray,
+    config: PruneConfig,
+    statistics: ActivationStats | None,
+    judge_samples: _JudgeSamples | None = None,
 ) -> Solution:
     """The method's solution; with calibration statistics, LBYL becomes the activation-space
     least squares, and the other methods gain the bias correction.
@@ -314,9 +335,8 @@ def _solve(
             solution.notes.append("bias correction from BatchNormalization statistics")
     if len(candidates) == 1:
         return candidates[0]
-    ours, removal = activation_errors(
-        unit.arrays, unit.activation_model, kept, [(s.scaling, s.offsets) for s in candidates]
-    )
+    samples = (judge_samples or _JudgeSamples()).of(unit)
+    ours, removal = activation_errors(samples, kept, [(s.scaling, s.offsets) for s in candidates])
     if ours <= removal:
         return candidates[0]
     candidates[1].notes.append(
@@ -324,6 +344,51 @@ def _solve(
         f"({ours:.3g} vs {removal:.3g}, from BatchNormalization statistics): removed plainly"
     )
     return candidates[1]
+
+
+SYNTHETIC_SAMPLES = 64
+"""Synthetic inputs on which a budget's damage is measured without calibration data."""
+
+
+def _budget_counts(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    config: PruneConfig,
+    statistics: dict[str, ActivationStats] | None,
+) -> tuple[dict[str, int], str]:
+    """:func:`budget_counts` with this pipeline's solver, its damage measured on the
+    calibration data, else on :data:`SYNTHETIC_SAMPLES` synthetic inputs
+    (:mod:`lbyl_onnx.synthetic`; for the allocation only: the compensation stays
+    data-free)."""
+
+    judge_samples = _JudgeSamples()
+
+    def solve(unit: Unit, kept: np.ndarray) -> Solution:
+        recorded = statistics[unit.name] if statistics else None
+        return _solve(unit, kept, config, recorded, judge_samples)
+
+    source = [
+        "on the calibration data" if statistics else f"on {SYNTHETIC_SAMPLES} synthetic inputs"
+    ]
+
+    def measure() -> dict[str, ActivationStats] | None:
+        if statistics or not units:
+            return statistics
+        try:
+            inputs = synthetic_inputs(model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes)
+        except ValueError as error:  # an input that is not floating point
+            source[0] = f"in filter space ({error})"
+            return None
+        dtypes = {
+            i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+            for i in real_inputs(model)
+        }
+        inputs = {name: value.astype(dtypes[name]) for name, value in inputs.items()}
+        return record_statistics(model, units, inputs)
+
+    before = summarize(model, config.input_shapes)
+    counts, text = budget_counts(model, units, config, before, solve, measure)
+    return counts, f"{text}; damage measured {source[0]}"
 
 
 def corrects_bias(unit: Unit, config: PruneConfig) -> bool:

@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .errors import UsageError
 from .graph.shapes import infer_shapes, node_macs, static_input_dims
 from .graph.units import Unit
-from .methods import METHODS
-from .methods.allocation import CostTerm, allocate, candidate_counts, total_cost
-from .methods.base import layer_damage, regularisers
+from .methods.allocation import (
+    CostTerm,
+    activation_damage,
+    allocate,
+    candidate_counts,
+    total_cost,
+)
+from .methods.base import Solution, layer_damage, regularisers
+from .methods.calibrated import ActivationStats
 from .methods.criteria import keep_best
 from .report import ModelSummary
 
@@ -29,14 +36,23 @@ DAMAGE_POINTS = 16
 
 
 def budget_counts(
-    model: onnx.ModelProto, units: list[Unit], config: PruneConfig, before: ModelSummary
+    model: onnx.ModelProto,
+    units: list[Unit],
+    config: PruneConfig,
+    before: ModelSummary,
+    solve: Callable[[Unit, np.ndarray], Solution],
+    measure: Callable[[], dict[str, ActivationStats] | None] = lambda: None,
 ) -> tuple[dict[str, int], str]:
     """Kept counts that meet ``--target-macs``/``--target-params`` with the least damage.
 
     Costs: every Conv/Gemm/MatMul's MACs (or weights) scale with the kept fraction of its
     input channels (when it consumes a unit) and of its output channels (when it produces
-    one). Damage: the method's data-free residual as a fraction of the layer's filter energy
-    (:func:`layer_damage`), solved at up to ``DAMAGE_POINTS`` kept counts per unit.
+    one). Damage (:func:`_damage_curve`): with activation statistics, ``-log(1 - d)`` for
+    the share ``d`` of the consumers' output signal lost; without, the method's residual as
+    a fraction of the layer's filter energy. ``measure()`` gives the statistics, called only
+    once the budget is known to be reachable. Solved at up to ``DAMAGE_POINTS`` kept counts
+    per unit. Raises :class:`UsageError` when even the smallest allowed counts miss the
+    budget (the model would be destroyed, not made to fit).
     """
     kind = "MACs" if config.target_macs is not None else "parameters"
     fraction = config.target_macs if config.target_macs is not None else config.target_params
@@ -59,12 +75,25 @@ def budget_counts(
     counted = {t.output_unit for t in terms}
     frozen = [index[u.name] not in counted for u in units]
     total = float(before.macs if kind == "MACs" else before.parameters)
-    damage = [_damage_curve(u, config) for u in units]
     channels = [u.channels for u in units]
+    fixed = total - sum(t.base for t in terms)
+    smallest = [
+        n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
+        for n, f in zip(channels, frozen, strict=True)
+    ]
+    lowest = (fixed + total_cost(terms, smallest, channels)) / total if total else 1.0
+    if fraction < lowest - 1e-9:
+        flag = "--target-macs" if kind == "MACs" else "--target-params"
+        raise UsageError(
+            f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
+            f"allowed width the model keeps {lowest:.1%} of its {kind} (the rest is in layers "
+            "the tool cannot prune)"
+        )
+    statistics = measure() or {}
+    damage = [_damage_curve(u, config, solve, statistics.get(u.name)) for u in units]
     kept = allocate(
         channels, damage, terms, fraction * total, config.round_to, config.min_keep, frozen
     )
-    fixed = total - sum(t.base for t in terms)
     reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
     text = f"{kind} {reached:.1%} of the original (target {fraction:.1%})"
     skipped = [u.name for u, f in zip(units, frozen, strict=True) if f]
@@ -73,8 +102,22 @@ def budget_counts(
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
 
 
-def _damage_curve(unit: Unit, config: PruneConfig) -> Callable[[int], float]:
-    """Damage of keeping ``m`` channels, solved on a coarse grid, linear in between."""
+def _damage_curve(
+    unit: Unit,
+    config: PruneConfig,
+    solve: Callable[[Unit, np.ndarray], Solution],
+    stats: ActivationStats | None,
+) -> Callable[[int], float]:
+    """Damage of keeping ``m`` channels, solved on a coarse grid, linear in between.
+
+    With activation statistics: ``-log(1 - d)`` for the share ``d`` of the consumers' output
+    signal lost (:func:`activation_damage`). If every unit passes on ``1 - d_u`` of its
+    signal, the network keeps about ``prod_u (1 - d_u)``; summing ``-log(1 - d_u)`` over
+    units maximises that product, and no unit is emptied for a bounded cost. Without
+    statistics: the filter-space residual (:func:`layer_damage`)."""
+    if stats is not None:
+        columns = consumer_column_gram(unit)
+        second = stats.outer / max(stats.count, 1)
     grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
     picks = sorted(
         set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
@@ -83,9 +126,36 @@ def _damage_curve(unit: Unit, config: PruneConfig) -> Callable[[int], float]:
     for i in picks:
         m = grid[i]
         kept = keep_best(unit.arrays.weight, m, config.criterion)
-        solution = METHODS[config.method](unit.arrays, kept, config.options)
-        lam1, lam2 = regularisers(unit.arrays, kept, config.options)
-        points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1, lam2)
+        solution = solve(unit, kept)
+        if stats is not None:
+            lost = activation_damage(
+                columns, second, stats.mean, kept, solution.scaling, solution.offsets
+            )
+            points[m] = -np.log(max(1.0 - lost, 1e-6))
+        else:
+            lam1, lam2 = regularisers(unit.arrays, kept, config.options)
+            points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1, lam2)
     xs = sorted(points)
     ys = [points[x] for x in xs]
     return lambda m: float(np.interp(m, xs, ys))
+
+
+def consumer_column_gram(unit: Unit) -> np.ndarray:
+    """``M = sum over consumers of V^T V``, ``V`` the consumer's weight with one column per
+    channel of the unit (output channels, kernel taps and flattened positions as rows)."""
+    n = unit.channels
+    gram = np.zeros((n, n))
+    for consumer in unit.consumers:
+        v = consumer.weight.value
+        if consumer.kind == "conv":
+            columns = np.moveaxis(v, 1, -1).reshape(-1, n)
+        elif consumer.interleaved and consumer.transposed:  # O x (block*N)
+            columns = v.reshape(-1, n)
+        elif consumer.interleaved:  # (block*N) x O
+            columns = v.reshape(consumer.block, n, -1).transpose(0, 2, 1).reshape(-1, n)
+        elif consumer.transposed:  # O x (N*block)
+            columns = v.reshape(v.shape[0], n, consumer.block).transpose(0, 2, 1).reshape(-1, n)
+        else:  # (N*block) x O
+            columns = v.reshape(n, -1).T
+        gram += (columns.T @ columns).astype(np.float64)
+    return gram

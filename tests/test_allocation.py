@@ -5,14 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from models import conv_net, dense_net, weights_of
+from test_quirks import _nhwc_arrays, _nhwc_head
 
-from lbyl_onnx import prune
+from lbyl_onnx import list_units, prune
+from lbyl_onnx.api import PruneConfig, summarize
+from lbyl_onnx.budget import budget_counts, consumer_column_gram
 from lbyl_onnx.cli import main
-from lbyl_onnx.methods.allocation import CostTerm, allocate, candidate_counts, total_cost
+from lbyl_onnx.methods import solve_lbyl
+from lbyl_onnx.methods.allocation import (
+    CostTerm,
+    activation_damage,
+    allocate,
+    candidate_counts,
+    total_cost,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"
@@ -118,3 +130,139 @@ def test_bad_budget_options_are_usage_errors(tmp_path: Path, args, needle) -> No
     result = CliRunner().invoke(main, [str(VGG), str(tmp_path / "out.onnx"), *args])
     assert result.exit_code == 2, result.output
     assert needle in result.output
+
+
+def test_activation_damage_matches_the_consumer_output_error_on_samples() -> None:
+    """Oracle: on a set of samples, ``E|V (r - S r_P - o)|^2 / E|V r|^2`` computed directly
+    equals the damage from those samples' moments (an identity, so to rounding)."""
+    rng = np.random.default_rng(3)
+    n, samples = 7, 500
+    r = np.maximum(rng.standard_normal((samples, n)) @ rng.standard_normal((n, n)) + 0.5, 0)
+    v = rng.standard_normal((4, n))
+    kept = np.array([0, 2, 3, 5])
+    scaling = np.zeros((n, len(kept)))
+    scaling[kept, np.arange(len(kept))] = 1.0
+    scaling[[1, 4, 6]] = rng.standard_normal((3, len(kept)))
+    offsets = np.zeros(n)
+    offsets[[1, 4, 6]] = rng.standard_normal(3)
+    error = r - (r[:, kept] @ scaling.T + offsets)
+    expected = np.mean(np.sum((error @ v.T) ** 2, 1)) / np.mean(np.sum((r @ v.T) ** 2, 1))
+    damage = activation_damage(v.T @ v, r.T @ r / samples, r.mean(0), kept, scaling, offsets)
+    assert damage == pytest.approx(expected, rel=1e-9)
+    everything = np.arange(n)
+    assert activation_damage(v.T @ v, r.T @ r / samples, r.mean(0), everything, np.eye(n)) == 0
+
+
+def _columns_by_loop(consumer, n: int) -> np.ndarray:
+    """``M[c, d] = sum over outputs o and positions p of V[o, (c, p)] V[o, (d, p)]``, indexing
+    the weight entry by entry as the op reads it (the oracle for the reshapes)."""
+    w, block = consumer.weight.value, consumer.block
+    gram = np.zeros((n, n))
+    if consumer.kind == "conv":
+        flat = w.reshape(w.shape[0], n, -1)
+        for c in range(n):
+            for d in range(n):
+                gram[c, d] = np.sum(flat[:, c] * flat[:, d])
+        return gram
+    rows = w if consumer.transposed else w.T  # O x K
+    for c in range(n):
+        for d in range(n):
+            for p in range(block):
+                col_c = p * n + c if consumer.interleaved else c * block + p
+                col_d = p * n + d if consumer.interleaved else d * block + p
+                gram[c, d] += rows[:, col_c] @ rows[:, col_d]
+    return gram
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        conv_net((3, 6), heads=("conv",)),
+        conv_net((3, 6), heads=("flatten_gemm",), trans_b=1),
+        conv_net((3, 6), heads=("flatten_gemm",), trans_b=0),
+        conv_net((3, 6), heads=("reshape_matmul",)),
+        dense_net((5, 6), kind="gemm", trans_b=0),
+        dense_net((5, 6), kind="matmul"),
+    ],
+    ids=["conv", "gemm-transB", "gemm", "reshape-matmul", "dense-gemm", "dense-matmul"],
+)
+def test_consumer_column_gram_matches_an_entrywise_loop(model) -> None:
+    (unit,), _ = list_units(model)
+    (consumer,) = unit.consumers
+    expected = _columns_by_loop(consumer, unit.channels)
+    np.testing.assert_allclose(consumer_column_gram(unit), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_consumer_column_gram_of_a_channels_last_flatten() -> None:
+    """tf2onnx's Transpose -> Reshape -> MatMul: columns interleaved as ``p * N + c``."""
+    (unit,), _ = list_units(_nhwc_head(_nhwc_arrays(), computed=False))
+    (consumer,) = unit.consumers
+    assert consumer.interleaved
+    expected = _columns_by_loop(consumer, unit.channels)
+    np.testing.assert_allclose(consumer_column_gram(unit), expected, rtol=1e-5, atol=1e-5)
+
+
+def _budget_trap() -> onnx.ModelProto:
+    """Two units of 8. ``fc0``'s channel 7 has a tenth of its filter norm (the smallest
+    channel of either layer relative to its layer) but ``fc1`` reads it with 30 times its
+    weights: cheap in filter space, the costliest loss after it."""
+    base = dense_net((6, 8, 8), seed=4)
+    w = weights_of(base)
+    w0, b0, w1 = (w[k].copy() for k in ("fc0.W", "fc0.b", "fc1.W"))
+    w0[7], b0[7] = 0.1 * w0[7], 0.1 * b0[7]
+    w1[:, 7] *= 30.0  # transB = 1: fc1.W is out x in
+    return dense_net((6, 8, 8), seed=4, params={"fc0.W": w0, "fc0.b": b0, "fc1.W": w1})
+
+
+def test_budget_damage_is_measured_where_the_consumers_read() -> None:
+    """One channel must go. The filter-space damage takes it from ``fc0`` (its channel 7 is
+    the weakest filter); measured on synthetic inputs, in the consumer's output, that channel
+    is the strongest signal, and the channel goes from ``fc1``."""
+    model = _budget_trap()
+    units, _ = list_units(model)
+    config = PruneConfig(target_macs=0.99).validated()
+    before = summarize(model)
+
+    def solve(unit, kept):
+        return solve_lbyl(unit.arrays, kept, config.options)
+
+    filter_space, _ = budget_counts(model, units, config, before, solve)
+    assert filter_space == {"fc0": 7, "fc1": 8}  # the premise: filter space is fooled
+    _, report = prune(model, target_macs=0.99, check=False)
+    assert [u.channels_after for u in report.units] == [8, 7]
+    assert "synthetic" in report.budget
+
+
+def test_budget_damage_uses_the_calibration_data_when_given() -> None:
+    model = _budget_trap()
+    data = {"x": np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)}
+    _, report = prune(model, target_macs=0.99, calibration_data=data, check=False)
+    assert [u.channels_after for u in report.units] == [8, 7]
+    assert "calibration data" in report.budget
+
+
+def test_an_unreachable_budget_is_a_usage_error_and_writes_nothing(tmp_path: Path) -> None:
+    """With at least half of every unit kept, a budget of 5% of the MACs cannot be met: the
+    tool says so (exit 2, the lowest reachable share named) instead of emptying the layers."""
+    out = tmp_path / "out.onnx"
+    args = [str(VGG), str(out), "--target-macs", "0.05", "--min-keep", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "--target-macs 0.05 cannot be reached" in result.output
+    lowest = float(result.output.split("keeps ")[1].split("%")[0]) / 100
+    assert 0.25 <= lowest < 1.0  # every conv's output (and the next one's input) at least halved
+    assert not out.exists()
+
+
+def test_budget_falls_back_to_filter_space_for_an_input_that_cannot_be_synthesised() -> None:
+    """Integer pixels cast to float inside the graph: no synthetic inputs can be made for an
+    integer input, so the damage is the filter-space one, and the report says so."""
+    model = conv_net((3, 8, 8))
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT32
+    for node in model.graph.node:
+        node.input[:] = ["x_float" if name == "x" else name for name in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_float"], to=1))
+    onnx.checker.check_model(model, full_check=True)
+    _, report = prune(model, target_macs=0.8, check=False)
+    assert "damage measured in filter space (input 'x' is not floating point" in report.budget
+    assert report.after.macs <= 0.8 * report.before.macs

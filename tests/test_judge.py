@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from lbyl_onnx.methods import BatchNormParams, LayerArrays
-from lbyl_onnx.methods.judge import activation_errors
+from lbyl_onnx.methods.judge import activation_errors, activation_samples
 from lbyl_onnx.methods.moments import Activation
 
 
 def activation_error(layer, activation, kept, scaling, offsets=None) -> float:
-    return activation_errors(layer, activation, kept, [(scaling, offsets)])[0]
+    samples = activation_samples(layer, activation)
+    return activation_errors(samples, kept, [(scaling, offsets)])[0]
 
 
 def layer(seed: int = 0, n: int = 6, d: int = 20) -> LayerArrays:

@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class CostTerm:
@@ -119,3 +121,41 @@ def allocate(
             if (entry := step(v)) is not None:
                 heapq.heappush(heap, entry)
     return kept
+
+
+def activation_damage(
+    column_gram: np.ndarray,
+    second_moment: np.ndarray,
+    mean: np.ndarray,
+    kept: np.ndarray,
+    scaling: np.ndarray,
+    offsets: np.ndarray | None = None,
+) -> float:
+    """The share of the consumers' output signal that keeping ``kept`` with ``S`` loses.
+
+    A consumer with weight columns ``V`` (one per channel, ``M = V^T V`` summed over its
+    outputs and kernel taps: ``column_gram``) reads ``r`` and, after pruning, ``S r_P + o``.
+    Its output error is ``V e`` with ``e = r - S r_P - o = A r - o``, ``A = I - S P^T``
+    (``P`` selects the kept channels), so with ``Q = E[r r^T]`` and ``mu = E[r]``::
+
+        E[e e^T] = A Q A^T - A mu o^T - o mu^T A^T + o o^T
+        damage   = tr(M E[e e^T]) / tr(M Q)
+
+    exact when positions are uncorrelated (the consumer's taps see independent samples).
+    ``S``'s kept rows are unit vectors, so only the removed rows of ``A`` are non-zero.
+    Unlike the filter-space residual, this sees the activation: a mixed-sign combination
+    of rectified channels is charged for what the rectifier does to it.
+    """
+    total = float(np.sum(column_gram * second_moment))
+    removed = np.setdiff1d(np.arange(len(mean)), kept)
+    if total <= 0.0 or len(removed) == 0:
+        return 0.0
+    a = np.zeros((len(removed), len(mean)))  # the removed rows of A (its kept rows are 0)
+    a[np.arange(len(removed)), removed] = 1.0
+    a[:, kept] -= scaling[removed]
+    error = a @ second_moment @ a.T
+    if offsets is not None:
+        shift = np.outer(a @ mean, offsets[removed])
+        error += np.outer(offsets[removed], offsets[removed]) - shift - shift.T
+    lost = float(np.sum(column_gram[np.ix_(removed, removed)] * error))
+    return max(lost, 0.0) / total

@@ -30,15 +30,10 @@ def judged(layer: LayerArrays) -> bool:
     return layer.bn is not None and layer.bn.statistics
 
 
-def activation_errors(
-    layer: LayerArrays,
-    activation: Activation,
-    kept: np.ndarray,
-    solutions: list[tuple[np.ndarray, np.ndarray | None]],
-    seed: int = 0,
-) -> list[float]:
-    """``E |r - S r_P - e|^2`` for each ``(S, e)``, on the same samples of the Gaussian model
-    of the module docstring (one Cholesky factor of ``C`` per unit)."""
+def activation_samples(layer: LayerArrays, activation: Activation, seed: int = 0) -> np.ndarray:
+    """``SAMPLES x N`` draws of ``r = act(u)`` under the Gaussian model of the module
+    docstring (one Cholesky factor of ``C``): what :func:`activation_errors` judges on. They
+    depend only on the unit, so one draw serves every choice of kept channels."""
     bn = layer.bn
     if bn is None:
         raise ValueError("the judge needs BatchNormalization statistics")
@@ -60,11 +55,20 @@ def activation_errors(
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((SAMPLES, len(std)), dtype=np.float32)
     u = bn.beta.astype(np.float32) + noise @ root.T.astype(np.float32)  # float32: a verdict
-    r = apply_activation(u, activation)  # needs a few digits, and this is the costly part
+    return apply_activation(u, activation)  # needs a few digits, and this is the costly part
+
+
+def activation_errors(
+    samples: np.ndarray,
+    kept: np.ndarray,
+    solutions: list[tuple[np.ndarray, np.ndarray | None]],
+) -> list[float]:
+    """``E |r - S r_P - e|^2`` for each ``(S, e)``, on the same ``samples`` of ``r``
+    (:func:`activation_samples`)."""
     errors = []
     for scaling, offsets in solutions:
-        estimate = r[:, kept] @ scaling.T.astype(np.float32)
+        estimate = samples[:, kept] @ scaling.T.astype(np.float32)
         if offsets is not None:
             estimate += offsets.astype(np.float32)
-        errors.append(float(np.mean(np.sum((r - estimate) ** 2, axis=1, dtype=np.float64))))
+        errors.append(float(np.mean(np.sum((samples - estimate) ** 2, axis=1, dtype=np.float64))))
     return errors
