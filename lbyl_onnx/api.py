@@ -14,12 +14,13 @@ import onnx
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from . import __version__
-from .budget import budget_counts
+from .budget import Measured, budget_counts
 from .check import Validation, check_model, input_problems, real_inputs, validate
 from .errors import RewriteError, UsageError, ValidationFailed
 from .graph.io import check_output_path, load_model, save_model, serialized_size
 from .graph.record import record_statistics
 from .graph.rewrite import Plan, apply_plans
+from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import (
     count_macs,
     count_parameters,
@@ -164,7 +165,7 @@ def prune(
     statistics = record_statistics(work, units, calibration) if calibration and units else None
     budget = None
     if config.target_macs is not None or config.target_params is not None:
-        counts, budget = _budget_counts(work, units, config, statistics)
+        counts, budget = _budget_counts(work, units, config, calibration, statistics)
     else:
         counts = {u.name: _ratio_count(u, config) for u in units}
 
@@ -349,18 +350,22 @@ def _solve(
 SYNTHETIC_SAMPLES = 64
 """Synthetic inputs on which a budget's damage is measured without calibration data."""
 
+SENSITIVITY_SAMPLES = 16
+"""Of those (or of the calibration data), the inputs on which each unit's effect on the
+outputs is measured (one onnxruntime run over them per unit)."""
+
 
 def _budget_counts(
     model: onnx.ModelProto,
     units: list[Unit],
     config: PruneConfig,
+    calibration: dict[str, np.ndarray] | None,
     statistics: dict[str, ActivationStats] | None,
 ) -> tuple[dict[str, int], str]:
     """:func:`budget_counts` with this pipeline's solver, its damage measured on the
     calibration data, else on :data:`SYNTHETIC_SAMPLES` synthetic inputs
     (:mod:`lbyl_onnx.synthetic`; for the allocation only: the compensation stays
     data-free)."""
-
     judge_samples = _JudgeSamples()
 
     def solve(unit: Unit, kept: np.ndarray) -> Solution:
@@ -368,27 +373,34 @@ def _budget_counts(
         return _solve(unit, kept, config, recorded, judge_samples)
 
     source = [
-        "on the calibration data" if statistics else f"on {SYNTHETIC_SAMPLES} synthetic inputs"
+        "damage measured on the calibration data"
+        if calibration
+        else f"damage measured on {SYNTHETIC_SAMPLES} synthetic inputs"
     ]
 
-    def measure() -> dict[str, ActivationStats] | None:
-        if statistics or not units:
-            return statistics
-        try:
-            inputs = synthetic_inputs(model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes)
-        except ValueError as error:  # an input that is not floating point
-            source[0] = f"in filter space ({error})"
+    def measure() -> Measured | None:
+        inputs = calibration
+        if not units:
             return None
-        dtypes = {
-            i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-            for i in real_inputs(model)
-        }
-        inputs = {name: value.astype(dtypes[name]) for name, value in inputs.items()}
-        return record_statistics(model, units, inputs)
+        if inputs is None:
+            try:
+                inputs = synthetic_inputs(
+                    model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
+                )
+            except ValueError as error:  # an input that is not floating point
+                source[0] = f"damage in filter space ({error})"
+                return None
+            dtypes = {
+                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                for i in real_inputs(model)
+            }
+            inputs = {name: value.astype(dtypes[name]) for name, value in inputs.items()}
+        recorded = statistics or record_statistics(model, units, inputs)
+        return Measured(recorded, OutputSensitivity(model, units, inputs, SENSITIVITY_SAMPLES))
 
     before = summarize(model, config.input_shapes)
     counts, text = budget_counts(model, units, config, before, solve, measure)
-    return counts, f"{text}; damage measured {source[0]}"
+    return counts, f"{text}; {source[0]}"
 
 
 def corrects_bias(unit: Unit, config: PruneConfig) -> bool:

@@ -8,12 +8,14 @@ choose. The mathematics of the allocation lives in ``methods/allocation.py``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from .errors import UsageError
+from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import infer_shapes, node_macs, static_input_dims
 from .graph.units import Unit
 from .methods.allocation import (
@@ -34,6 +36,18 @@ if TYPE_CHECKING:
 DAMAGE_POINTS = 16
 """Kept counts per unit at which the damage curve is solved (linear in between)."""
 
+REFERENCE_KEEP = 0.7
+"""The kept share at which a unit's effect on the outputs is measured."""
+
+
+@dataclass
+class Measured:
+    """What the budget's damage is measured with: the units' activation statistics, and the
+    outputs' response to each unit's compensation (None where the outputs were not run)."""
+
+    statistics: dict[str, ActivationStats]
+    sensitivity: OutputSensitivity | None = None
+
 
 def budget_counts(
     model: onnx.ModelProto,
@@ -41,7 +55,7 @@ def budget_counts(
     config: PruneConfig,
     before: ModelSummary,
     solve: Callable[[Unit, np.ndarray], Solution],
-    measure: Callable[[], dict[str, ActivationStats] | None] = lambda: None,
+    measure: Callable[[], Measured | None] = lambda: None,
 ) -> tuple[dict[str, int], str]:
     """Kept counts that meet ``--target-macs``/``--target-params`` with the least damage.
 
@@ -89,8 +103,8 @@ def budget_counts(
             f"allowed width the model keeps {lowest:.1%} of its {kind} (the rest is in layers "
             "the tool cannot prune)"
         )
-    statistics = measure() or {}
-    damage = [_damage_curve(u, config, solve, statistics.get(u.name)) for u in units]
+    measured = measure()
+    damage = [_damage_curve(u, config, solve, measured) for u in units]
     kept = allocate(
         channels, damage, terms, fraction * total, config.round_to, config.min_keep, frozen
     )
@@ -106,37 +120,44 @@ def _damage_curve(
     unit: Unit,
     config: PruneConfig,
     solve: Callable[[Unit, np.ndarray], Solution],
-    stats: ActivationStats | None,
+    measured: Measured | None,
 ) -> Callable[[int], float]:
     """Damage of keeping ``m`` channels, solved on a coarse grid, linear in between.
 
-    With activation statistics: ``-log(1 - d)`` for the share ``d`` of the consumers' output
-    signal lost (:func:`activation_damage`). If every unit passes on ``1 - d_u`` of its
-    signal, the network keeps about ``prod_u (1 - d_u)``; summing ``-log(1 - d_u)`` over
-    units maximises that product, and no unit is emptied for a bounded cost. Without
-    statistics: the filter-space residual (:func:`layer_damage`)."""
+    Measured (``measured`` given): ``g * -log(1 - d(m))`` for the share ``d`` of the
+    consumers' output signal lost (:func:`activation_damage`). If every unit passes on
+    ``1 - d_u`` of its signal, the network keeps about ``prod_u (1 - d_u)``, and summing
+    ``-log(1 - d_u)`` maximises that product. How much of a unit's loss reaches the model's
+    outputs differs by orders of magnitude between units, so the gain ``g`` scales the curve
+    to the outputs' relative error measured with the unit compensated alone at the
+    reference count (:data:`REFERENCE_KEEP`; :class:`OutputSensitivity`). Without
+    measurements: the filter-space residual (:func:`layer_damage`)."""
+    grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
+    picks = set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
+    reference = min(range(len(grid)), key=lambda i: abs(grid[i] - REFERENCE_KEEP * unit.channels))
+    picks.add(reference)
+    stats = measured.statistics.get(unit.name) if measured else None
     if stats is not None:
         columns = consumer_column_gram(unit)
         second = stats.outer / max(stats.count, 1)
-    grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
-    picks = sorted(
-        set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
-    )
-    points = {}
-    for i in picks:
+    points, gain = {}, 1.0
+    for i in sorted(picks):
         m = grid[i]
         kept = keep_best(unit.arrays.weight, m, config.criterion)
         solution = solve(unit, kept)
-        if stats is not None:
-            lost = activation_damage(
-                columns, second, stats.mean, kept, solution.scaling, solution.offsets
-            )
-            points[m] = -np.log(max(1.0 - lost, 1e-6))
-        else:
+        if stats is None:
             lam1, lam2 = regularisers(unit.arrays, kept, config.options)
             points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1, lam2)
+            continue
+        lost = activation_damage(
+            columns, second, stats.mean, kept, solution.scaling, solution.offsets
+        )
+        points[m] = -np.log(max(1.0 - lost, 1e-6))
+        if i == reference and points[m] > 1e-9 and measured.sensitivity is not None:
+            error = measured.sensitivity.error(unit, kept, solution.scaling, solution.offsets)
+            gain = error / points[m]
     xs = sorted(points)
-    ys = [points[x] for x in xs]
+    ys = [gain * points[x] for x in xs]
     return lambda m: float(np.interp(m, xs, ys))
 
 

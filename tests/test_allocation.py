@@ -264,5 +264,5 @@ def test_budget_falls_back_to_filter_space_for_an_input_that_cannot_be_synthesis
     model.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_float"], to=1))
     onnx.checker.check_model(model, full_check=True)
     _, report = prune(model, target_macs=0.8, check=False)
-    assert "damage measured in filter space (input 'x' is not floating point" in report.budget
+    assert "damage in filter space (input 'x' is not floating point" in report.budget
     assert report.after.macs <= 0.8 * report.before.macs
