@@ -77,8 +77,9 @@ class PruneConfig:
         for pattern, ratio in [("--ratio", self.ratio), *self.ratio_for]:
             if not 0.0 <= ratio < 1.0:
                 raise UsageError(f"ratio {ratio:g} for {pattern} is outside [0, 1)")
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.method not in METHOD_NAMES:
+            known = ", ".join(METHOD_NAMES)
+            raise UsageError(f"unknown method '{self.method}' (choose from {known})")
         if self.criterion not in CRITERIA:
             known = ", ".join(CRITERIA)
             raise UsageError(f"unknown criterion '{self.criterion}' (choose from {known})")
@@ -163,9 +164,10 @@ def prune(
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
     statistics = record_statistics(work, units, calibration) if calibration and units else None
+    measurement = _Measurement(work, units, config, calibration)
     budget = None
     if config.target_macs is not None or config.target_params is not None:
-        counts, budget = _budget_counts(work, units, config, calibration, statistics)
+        counts, budget = _budget_counts(work, units, config, statistics, measurement)
     else:
         counts = {u.name: _ratio_count(u, config) for u in units}
 
@@ -175,7 +177,11 @@ def prune(
         if progress:
             progress(done, len(units))
         kept = keep_best(unit.arrays.weight, counts[unit.name], config.criterion)
-        solution = _solve(unit, kept, config, statistics[unit.name] if statistics else None)
+        recorded = statistics[unit.name] if statistics else None
+        if config.method == "auto":
+            method, solution = _choose(unit, kept, config, recorded, measurement)
+        else:
+            method, solution = config.method, _solve(unit, kept, config, recorded)
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
         records.append(
             UnitRecord(
@@ -183,7 +189,7 @@ def prune(
                 op_type=unit.producer.op_type,
                 channels_before=unit.channels,
                 channels_after=len(kept),
-                method=config.method,
+                method=method,
                 residual=round(solution.residual, 6),
                 consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
                 notes=[*_unit_notes(unit, statistics), *solution.notes],
@@ -197,7 +203,7 @@ def prune(
     depthwise = sum(
         bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
     )
-    del plans, units, statistics  # the weights as arrays are no longer needed: free them
+    del plans, units, statistics, measurement  # the weights as arrays: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
         check_model(work, full_check=True)
@@ -304,6 +310,10 @@ class _JudgeSamples:
         return self.samples
 
 
+METHOD_NAMES = (*METHODS, "auto")
+"""``--method`` values: the methods, and ``auto`` (:func:`_choose`)."""
+
+
 def _solve(
     unit: Unit,
     kept: np.ndarray,
@@ -355,52 +365,118 @@ SENSITIVITY_SAMPLES = 16
 outputs is measured (one onnxruntime run over them per unit)."""
 
 
+class _Measurement:
+    """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
+    auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
+    (:mod:`lbyl_onnx.synthetic`). They choose widths and methods only; the compensation stays
+    data-free unless calibration data is given. Built on first use."""
+
+    def __init__(self, model, units, config, calibration):
+        self.model, self.units, self.config, self.calibration = model, units, config, calibration
+        self.source = (
+            "the calibration data" if calibration else f"{SYNTHETIC_SAMPLES} synthetic inputs"
+        )
+        self.sensitivity_source = (
+            f"{SENSITIVITY_SAMPLES} calibration samples"
+            if calibration
+            else f"{SENSITIVITY_SAMPLES} synthetic inputs"
+        )
+        self._inputs: dict[str, np.ndarray] | None = None
+        self._sensitivity: OutputSensitivity | None = None
+        self.failure = ""
+
+    def inputs(self) -> dict[str, np.ndarray] | None:
+        """The inputs, or None (with :attr:`failure` saying why) for a model that has an input
+        synthetic data cannot stand for (not floating point)."""
+        if self._inputs is None and not self.failure:
+            if self.calibration is not None:
+                self._inputs = self.calibration
+                return self._inputs
+            config = self.config
+            try:
+                made = synthetic_inputs(
+                    self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
+                )
+            except ValueError as error:  # an input that is not floating point
+                self.failure = str(error)
+                return None
+            dtypes = {
+                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                for i in real_inputs(self.model)
+            }
+            self._inputs = {name: value.astype(dtypes[name]) for name, value in made.items()}
+        return self._inputs
+
+    def sensitivity(self) -> OutputSensitivity | None:
+        """The outputs' response to each unit, on :data:`SENSITIVITY_SAMPLES` of the inputs."""
+        if self._sensitivity is None and (inputs := self.inputs()) is not None:
+            self._sensitivity = OutputSensitivity(
+                self.model, self.units, inputs, SENSITIVITY_SAMPLES
+            )
+        return self._sensitivity
+
+
 def _budget_counts(
     model: onnx.ModelProto,
     units: list[Unit],
     config: PruneConfig,
-    calibration: dict[str, np.ndarray] | None,
     statistics: dict[str, ActivationStats] | None,
+    measurement: _Measurement,
 ) -> tuple[dict[str, int], str]:
-    """:func:`budget_counts` with this pipeline's solver, its damage measured on the
-    calibration data, else on :data:`SYNTHETIC_SAMPLES` synthetic inputs
-    (:mod:`lbyl_onnx.synthetic`; for the allocation only: the compensation stays
-    data-free)."""
+    """:func:`budget_counts` with this pipeline's solver (LBYL's for ``--method auto``), its
+    damage measured on the measurement's inputs."""
     judge_samples = _JudgeSamples()
+    solver = replace(config, method="lbyl") if config.method == "auto" else config
 
     def solve(unit: Unit, kept: np.ndarray) -> Solution:
         recorded = statistics[unit.name] if statistics else None
-        return _solve(unit, kept, config, recorded, judge_samples)
-
-    source = [
-        "damage measured on the calibration data"
-        if calibration
-        else f"damage measured on {SYNTHETIC_SAMPLES} synthetic inputs"
-    ]
+        return _solve(unit, kept, solver, recorded, judge_samples)
 
     def measure() -> Measured | None:
-        inputs = calibration
-        if not units:
+        if not units or (inputs := measurement.inputs()) is None:
             return None
-        if inputs is None:
-            try:
-                inputs = synthetic_inputs(
-                    model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
-                )
-            except ValueError as error:  # an input that is not floating point
-                source[0] = f"damage in filter space ({error})"
-                return None
-            dtypes = {
-                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                for i in real_inputs(model)
-            }
-            inputs = {name: value.astype(dtypes[name]) for name, value in inputs.items()}
         recorded = statistics or record_statistics(model, units, inputs)
-        return Measured(recorded, OutputSensitivity(model, units, inputs, SENSITIVITY_SAMPLES))
+        return Measured(recorded, measurement.sensitivity())
 
     before = summarize(model, config.input_shapes)
     counts, text = budget_counts(model, units, config, before, solve, measure)
-    return counts, f"{text}; {source[0]}"
+    if measurement.failure:
+        return counts, f"{text}; damage in filter space ({measurement.failure})"
+    return counts, f"{text}; damage measured on {measurement.source}"
+
+
+AUTO_METHODS = ("prune", "nm", "lbyl")
+"""What ``--method auto`` chooses from, per unit."""
+
+
+def _choose(
+    unit: Unit,
+    kept: np.ndarray,
+    config: PruneConfig,
+    statistics: ActivationStats | None,
+    measurement: _Measurement,
+) -> tuple[str, Solution]:
+    """``--method auto``: each method's solution for the unit, and the one whose outputs move
+    least with the unit compensated alone (:class:`OutputSensitivity`, on the measurement's
+    inputs); LBYL where nothing can be measured."""
+    sensitivity = measurement.sensitivity()
+    if sensitivity is None:
+        solution = _solve(unit, kept, replace(config, method="lbyl"), statistics)
+        solution.notes.append(f"auto: lbyl, nothing measured ({measurement.failure})")
+        return "lbyl", solution
+    errors, solutions = {}, {}
+    for method in AUTO_METHODS:
+        solutions[method] = _solve(unit, kept, replace(config, method=method), statistics)
+        errors[method] = sensitivity.error(
+            unit, kept, solutions[method].scaling, solutions[method].offsets
+        )
+    best = min(AUTO_METHODS, key=errors.__getitem__)
+    measured = ", ".join(f"{m} {errors[m]:.3g}" for m in AUTO_METHODS)
+    solutions[best].notes.append(
+        f"auto: {best}, the outputs' relative error on {measurement.sensitivity_source} being "
+        f"{measured}"
+    )
+    return best, solutions[best]
 
 
 def corrects_bias(unit: Unit, config: PruneConfig) -> bool:
@@ -438,9 +514,12 @@ def _unit_notes(unit: Unit, statistics: dict | None) -> list[str]:
 
 def _mode(config: PruneConfig) -> str:
     if not config.calibration_data:
+        if config.method == "auto":
+            return "data-free (methods chosen on synthetic inputs)"
         return "data-free"
     count = len(next(iter(config.calibration_data.values())))
-    solved = "activation-space least squares" if config.method == "lbyl" else config.method
+    solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
+    solved = solved.get(config.method, config.method)
     return f"calibrated on {count} samples: {solved} + bias correction"
 
 

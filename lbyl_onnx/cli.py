@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .api import PruneConfig, list_units, prune_file
+from .api import METHOD_NAMES, PruneConfig, list_units, prune_file
 from .errors import (
     EXIT_INTERNAL,
     EXIT_NOT_VALIDATED,
@@ -21,7 +21,7 @@ from .errors import (
     ValidationFailed,
 )
 from .graph.io import check_output_path, write_text_atomic
-from .methods import CRITERIA, METHODS
+from .methods import CRITERIA
 from .report import UnitRecord, format_report, format_units
 
 EPILOG = """\b
@@ -145,8 +145,10 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "--method",
     default="lbyl",
     show_default=True,
-    type=click.Choice(list(METHODS)),
-    help="lbyl: many-to-one compensation; nm: Neuron Merging; prune: plain removal.",
+    type=click.Choice(list(METHOD_NAMES)),
+    help="lbyl: many-to-one compensation; nm: Neuron Merging; prune: plain removal; auto: "
+    "per unit, the one whose outputs move least, measured in onnxruntime on "
+    "--calibration-data or else on synthetic inputs.",
 )
 @click.option(
     "--criterion",
