@@ -106,15 +106,19 @@ def random_inputs(
     return feeds
 
 
-def session(model: onnx.ModelProto | bytes | str | os.PathLike) -> ort.InferenceSession:
-    """A CPU session with every graph optimisation disabled.
+def session(
+    model: onnx.ModelProto | bytes | str | os.PathLike, optimised: bool = False
+) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation disabled (``optimised``: onnxruntime's
+    defaults, for measurements where speed matters more than seeing the graph as written).
 
     ``model`` is a ``ModelProto``, its bytes, or a path. A large ``ModelProto``
     (:func:`io.is_large`) is written with external data into a temporary folder, without
     changing it, and run from there; the folder goes with the session.
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimised:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     staging = None
     if isinstance(model, onnx.ModelProto):

@@ -42,7 +42,7 @@ class OutputSensitivity:
         counts = len(graph.node), len(graph.input)
         rewired = _insert_maps(graph, units, self.maps, self.ranks)
         try:  # the maps are in the graph only while the session is created
-            self.session = check.session(model)
+            self.session = check.session(model, optimised=True)
         finally:
             del graph.node[counts[0] :]
             del graph.input[counts[1] :]
