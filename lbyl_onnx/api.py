@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-from onnx.helper import tensor_dtype_to_np_dtype
 
 from . import __version__
 from .budget import Measured, budget_counts
@@ -20,7 +19,6 @@ from .errors import RewriteError, UsageError, ValidationFailed
 from .graph.io import check_output_path, load_model, save_model, serialized_size
 from .graph.record import record_statistics
 from .graph.rewrite import Plan, apply_plans
-from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import (
     count_macs,
     count_parameters,
@@ -30,6 +28,7 @@ from .graph.shapes import (
     without_large_weights,
 )
 from .graph.units import Declined, Unit, find_units
+from .measure import Measurement
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, solve_prune
 from .methods.base import offsets_from_means
 from .methods.calibrated import ActivationStats, solve_calibrated
@@ -37,7 +36,6 @@ from .methods.criteria import keep_best
 from .methods.judge import activation_errors, activation_samples, judged
 from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
-from .synthetic import synthetic_inputs
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def prune(
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
     statistics = record_statistics(work, units, calibration) if calibration and units else None
-    measurement = _Measurement(work, units, config, calibration)
+    measurement = Measurement(work, units, config, calibration)
     budget = None
     if config.target_macs is not None or config.target_params is not None:
         counts, budget = _budget_counts(work, units, config, statistics, measurement)
@@ -357,71 +355,12 @@ def _solve(
     return candidates[1]
 
 
-SYNTHETIC_SAMPLES = 64
-"""Synthetic inputs on which a budget's damage is measured without calibration data."""
-
-SENSITIVITY_SAMPLES = 16
-"""Of those (or of the calibration data), the inputs on which each unit's effect on the
-outputs is measured (one onnxruntime run over them per unit)."""
-
-
-class _Measurement:
-    """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
-    auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
-    (:mod:`lbyl_onnx.synthetic`). They choose widths and methods only; the compensation stays
-    data-free unless calibration data is given. Built on first use."""
-
-    def __init__(self, model, units, config, calibration):
-        self.model, self.units, self.config, self.calibration = model, units, config, calibration
-        self.source = (
-            "the calibration data" if calibration else f"{SYNTHETIC_SAMPLES} synthetic inputs"
-        )
-        self.sensitivity_source = (
-            f"{SENSITIVITY_SAMPLES} calibration samples"
-            if calibration
-            else f"{SENSITIVITY_SAMPLES} synthetic inputs"
-        )
-        self._inputs: dict[str, np.ndarray] | None = None
-        self._sensitivity: OutputSensitivity | None = None
-        self.failure = ""
-
-    def inputs(self) -> dict[str, np.ndarray] | None:
-        """The inputs, or None (with :attr:`failure` saying why) for a model that has an input
-        synthetic data cannot stand for (not floating point)."""
-        if self._inputs is None and not self.failure:
-            if self.calibration is not None:
-                self._inputs = self.calibration
-                return self._inputs
-            config = self.config
-            try:
-                made = synthetic_inputs(
-                    self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
-                )
-            except ValueError as error:  # an input that is not floating point
-                self.failure = str(error)
-                return None
-            dtypes = {
-                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                for i in real_inputs(self.model)
-            }
-            self._inputs = {name: value.astype(dtypes[name]) for name, value in made.items()}
-        return self._inputs
-
-    def sensitivity(self) -> OutputSensitivity | None:
-        """The outputs' response to each unit, on :data:`SENSITIVITY_SAMPLES` of the inputs."""
-        if self._sensitivity is None and (inputs := self.inputs()) is not None:
-            self._sensitivity = OutputSensitivity(
-                self.model, self.units, inputs, SENSITIVITY_SAMPLES
-            )
-        return self._sensitivity
-
-
 def _budget_counts(
     model: onnx.ModelProto,
     units: list[Unit],
     config: PruneConfig,
     statistics: dict[str, ActivationStats] | None,
-    measurement: _Measurement,
+    measurement: Measurement,
 ) -> tuple[dict[str, int], str]:
     """:func:`budget_counts` with this pipeline's solver (LBYL's for ``--method auto``), its
     damage measured on the measurement's inputs."""
@@ -454,7 +393,7 @@ def _choose(
     kept: np.ndarray,
     config: PruneConfig,
     statistics: ActivationStats | None,
-    measurement: _Measurement,
+    measurement: Measurement,
 ) -> tuple[str, Solution]:
     """``--method auto``: each method's solution for the unit, and the one whose outputs move
     least with the unit compensated alone (:class:`OutputSensitivity`, on the measurement's

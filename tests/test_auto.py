@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from models import conv_net
 
 from lbyl_onnx import list_units, prune
-from lbyl_onnx.api import AUTO_METHODS, SENSITIVITY_SAMPLES, SYNTHETIC_SAMPLES
+from lbyl_onnx.api import AUTO_METHODS
 from lbyl_onnx.cli import main
 from lbyl_onnx.graph.io import load_model
+from lbyl_onnx.measure import SENSITIVITY_SAMPLES, SYNTHETIC_SAMPLES
 from lbyl_onnx.synthetic import synthetic_inputs
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"

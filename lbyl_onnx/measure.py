@@ -1,0 +1,82 @@
+"""Inputs on which the tool measures its choices in onnxruntime (a budget's damage,
+``--method auto``): the calibration data, else synthetic inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
+
+from .check import real_inputs
+from .graph.sensitivity import OutputSensitivity
+from .graph.units import Unit
+from .synthetic import synthetic_inputs
+
+if TYPE_CHECKING:
+    from .api import PruneConfig
+
+SYNTHETIC_SAMPLES = 64
+"""Synthetic inputs on which a budget's damage is measured without calibration data."""
+
+SENSITIVITY_SAMPLES = 16
+"""Of those (or of the calibration data), the inputs on which each unit's effect on the
+outputs is measured (one onnxruntime run over them per unit)."""
+
+
+class Measurement:
+    """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
+    auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
+    (:mod:`lbyl_onnx.synthetic`). They choose widths and methods only; the compensation stays
+    data-free unless calibration data is given. Built on first use."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        units: list[Unit],
+        config: PruneConfig,
+        calibration: dict[str, np.ndarray] | None,
+    ):
+        self.model, self.units, self.config, self.calibration = model, units, config, calibration
+        self.source = (
+            "the calibration data" if calibration else f"{SYNTHETIC_SAMPLES} synthetic inputs"
+        )
+        self.sensitivity_source = (
+            f"{SENSITIVITY_SAMPLES} calibration samples"
+            if calibration
+            else f"{SENSITIVITY_SAMPLES} synthetic inputs"
+        )
+        self._inputs: dict[str, np.ndarray] | None = None
+        self._sensitivity: OutputSensitivity | None = None
+        self.failure = ""
+
+    def inputs(self) -> dict[str, np.ndarray] | None:
+        """The inputs, or None (with :attr:`failure` saying why) for a model that has an input
+        synthetic data cannot stand for (not floating point)."""
+        if self._inputs is None and not self.failure:
+            if self.calibration is not None:
+                self._inputs = self.calibration
+                return self._inputs
+            config = self.config
+            try:
+                made = synthetic_inputs(
+                    self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
+                )
+            except ValueError as error:  # an input that is not floating point
+                self.failure = str(error)
+                return None
+            dtypes = {
+                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                for i in real_inputs(self.model)
+            }
+            self._inputs = {name: value.astype(dtypes[name]) for name, value in made.items()}
+        return self._inputs
+
+    def sensitivity(self) -> OutputSensitivity | None:
+        """The outputs' response to each unit, on :data:`SENSITIVITY_SAMPLES` of the inputs."""
+        if self._sensitivity is None and (inputs := self.inputs()) is not None:
+            self._sensitivity = OutputSensitivity(
+                self.model, self.units, inputs, SENSITIVITY_SAMPLES
+            )
+        return self._sensitivity
