@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 DAMAGE_POINTS = 16
 """Kept counts per unit at which the damage curve is solved (linear in between)."""
 
-REFERENCE_KEEP = 0.7
-"""The kept share at which a unit's effect on the outputs is measured."""
+REFERENCE_KEEPS = (0.7,)
+"""The kept shares at which a unit's effect on the outputs is measured (the gain is
+interpolated between them, constant beyond)."""
 
 
 @dataclass
@@ -130,17 +131,20 @@ def _damage_curve(
     ``-log(1 - d_u)`` maximises that product. How much of a unit's loss reaches the model's
     outputs differs by orders of magnitude between units, so the gain ``g`` scales the curve
     to the outputs' relative error measured with the unit compensated alone at the
-    reference count (:data:`REFERENCE_KEEP`; :class:`OutputSensitivity`). Without
+    reference counts (:data:`REFERENCE_KEEPS`; :class:`OutputSensitivity`). Without
     measurements: the filter-space residual (:func:`layer_damage`)."""
     grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
     picks = set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
-    reference = min(range(len(grid)), key=lambda i: abs(grid[i] - REFERENCE_KEEP * unit.channels))
-    picks.add(reference)
+    references = {
+        min(range(len(grid)), key=lambda i, k=keep: abs(grid[i] - k * unit.channels))
+        for keep in REFERENCE_KEEPS
+    }
+    picks |= references
     stats = measured.statistics.get(unit.name) if measured else None
     if stats is not None:
         columns = consumer_column_gram(unit)
         second = stats.outer / max(stats.count, 1)
-    points, gain = {}, 1.0
+    points, gains = {}, {}
     for i in sorted(picks):
         m = grid[i]
         kept = keep_best(unit.arrays.weight, m, config.criterion)
@@ -153,11 +157,12 @@ def _damage_curve(
             columns, second, stats.mean, kept, solution.scaling, solution.offsets
         )
         points[m] = -np.log(max(1.0 - lost, 1e-6))
-        if i == reference and points[m] > 1e-9 and measured.sensitivity is not None:
+        if i in references and points[m] > 1e-9 and measured.sensitivity is not None:
             error = measured.sensitivity.error(unit, kept, solution.scaling, solution.offsets)
-            gain = error / points[m]
+            gains[m] = error / points[m]
     xs = sorted(points)
-    ys = [gain * points[x] for x in xs]
+    at = sorted(gains)
+    ys = [points[x] * (float(np.interp(x, at, [gains[g] for g in at])) if at else 1.0) for x in xs]
     return lambda m: float(np.interp(m, xs, ys))
 
 

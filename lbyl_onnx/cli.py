@@ -28,6 +28,7 @@ EPILOG = """\b
 Examples:
   lbyl-onnx model.onnx small.onnx                     # LBYL, 30% of channels per layer
   lbyl-onnx model.onnx small.onnx --ratio 0.2 --method nm
+  lbyl-onnx model.onnx small.onnx --method auto       # per layer, whichever moves outputs least
   lbyl-onnx model.onnx small.onnx --exclude 'stem*' --ratio-for 'layer4*=0.5'
   lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
   lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
