@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 DAMAGE_POINTS = 16
 """Kept counts per unit at which the damage curve is solved (linear in between)."""
 
-REFERENCE_KEEPS = (0.7,)
+REFERENCE_KEEPS = (0.7, 0.4)
 """The kept shares at which a unit's effect on the outputs is measured (the gain is
 interpolated between them, constant beyond)."""
 
