@@ -33,7 +33,9 @@ class OutputSensitivity:
         inputs: dict[str, np.ndarray],
         samples: int,
     ):
-        self.maps = {u.name: (f"lbyl_map_{i}", f"lbyl_offset_{i}") for i, u in enumerate(units)}
+        self.maps = {
+            u.name: (f"lbyl_onnx.map.{i}", f"lbyl_onnx.offset.{i}") for i, u in enumerate(units)
+        }
         self.channels = {u.name: u.channels for u in units}
         self.kind = {u.name: u.kind for u in units}
         shapes = infer_shapes(model)
@@ -49,10 +51,10 @@ class OutputSensitivity:
             for node, position, name in rewired:
                 node.input[position] = name
         fixed = self.session.get_inputs()[0].shape[0]
-        self.batch = fixed if isinstance(fixed, int) and fixed > 0 else BATCH
-        count = max(samples, self.batch) if self.batch == fixed else samples
+        self.fixed = isinstance(fixed, int) and fixed > 0
+        self.batch = fixed if self.fixed else BATCH
+        count = max(samples, self.batch) if self.fixed else samples
         self.inputs = {name: value[:count] for name, value in inputs.items()}
-        self.fixed = self.batch == fixed
         self.reference = self._run({})
 
     def _feeds(self, applied: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
