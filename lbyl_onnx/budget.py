@@ -1,8 +1,10 @@
 """Kept counts per unit from a budget (``--target-macs``, ``--target-params``).
 
 Builds the exact cost model of the graph (:class:`CostTerm` per Conv/Gemm/MatMul) and each
-unit's data-free damage curve, then lets :func:`lbyl_onnx.methods.allocation.allocate`
-choose. The mathematics of the allocation lives in ``methods/allocation.py``.
+unit's damage curve (measured after the activation and scaled by the outputs' response, or
+the filter-space residual where nothing can be measured), then lets
+:func:`lbyl_onnx.methods.allocation.allocate` choose. The mathematics of the allocation
+and of the damage lives in ``methods/allocation.py``.
 """
 
 from __future__ import annotations
