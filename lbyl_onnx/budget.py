@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
+from .graph.rewrite import channel_columns
 from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import infer_shapes, node_macs, static_input_dims
 from .graph.units import Unit
@@ -170,20 +171,9 @@ def _damage_curve(
 
 def consumer_column_gram(unit: Unit) -> np.ndarray:
     """``M = sum over consumers of V^T V``, ``V`` the consumer's weight with one column per
-    channel of the unit (output channels, kernel taps and flattened positions as rows)."""
-    n = unit.channels
-    gram = np.zeros((n, n))
+    channel of the unit (:func:`channel_columns`)."""
+    gram = np.zeros((unit.channels, unit.channels))
     for consumer in unit.consumers:
-        v = consumer.weight.value
-        if consumer.kind == "conv":
-            columns = np.moveaxis(v, 1, -1).reshape(-1, n)
-        elif consumer.interleaved and consumer.transposed:  # O x (block*N)
-            columns = v.reshape(-1, n)
-        elif consumer.interleaved:  # (block*N) x O
-            columns = v.reshape(consumer.block, n, -1).transpose(0, 2, 1).reshape(-1, n)
-        elif consumer.transposed:  # O x (N*block)
-            columns = v.reshape(v.shape[0], n, consumer.block).transpose(0, 2, 1).reshape(-1, n)
-        else:  # (N*block) x O
-            columns = v.reshape(n, -1).T
+        columns, _ = channel_columns(consumer, consumer.weight.value)
         gram += (columns.T @ columns).astype(np.float64)
     return gram

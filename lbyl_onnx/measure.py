@@ -55,23 +55,21 @@ class Measurement:
         """The inputs, or None (with :attr:`failure` saying why) for a model that has an input
         synthetic data cannot stand for (not floating point)."""
         if self._inputs is None and not self.failure:
-            if self.calibration is not None:
-                self._inputs = self.calibration
-                return self._inputs
-            config = self.config
-            try:
-                made = synthetic_inputs(
-                    self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes
-                )
-            except ValueError as error:  # an input that is not floating point
-                self.failure = str(error)
-                return None
-            dtypes = {
-                i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                for i in real_inputs(self.model)
-            }
-            self._inputs = {name: value.astype(dtypes[name]) for name, value in made.items()}
+            self._inputs = self.calibration or self._synthetic()
         return self._inputs
+
+    def _synthetic(self) -> dict[str, np.ndarray] | None:
+        config = self.config
+        try:
+            made = synthetic_inputs(self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes)
+        except ValueError as error:  # an input that is not floating point
+            self.failure = str(error)
+            return None
+        dtypes = {
+            i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+            for i in real_inputs(self.model)
+        }
+        return {name: value.astype(dtypes[name]) for name, value in made.items()}
 
     def sensitivity(self) -> OutputSensitivity | None:
         """The outputs' response to each unit, on :data:`SENSITIVITY_SAMPLES` of the inputs."""

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 FLOAT = TensorProto.FLOAT
@@ -491,3 +492,20 @@ def random_feeds(model: onnx.ModelProto, seed: int = 1, batch: int = 3) -> dict[
         name: rng.standard_normal(shape).astype(np.float32)
         for name, shape in real_input_shapes(model, batch).items()
     }
+
+
+def with_integer_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its input ``x`` made INT32 and cast to float inside the graph (an input
+    that synthetic data cannot stand for)."""
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT32
+    for node in model.graph.node:
+        node.input[:] = ["x_float" if name == "x" else name for name in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_float"], to=1))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs in onnxruntime (CPU), as float64."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(o, np.float64) for o in session.run(None, feeds)]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from models import conv_net, dense_net, weights_of
+from models import conv_net, dense_net, weights_of, with_integer_input
 from test_quirks import _nhwc_arrays, _nhwc_head
 
 from lbyl_onnx import list_units, prune
@@ -257,12 +257,7 @@ def test_an_unreachable_budget_is_a_usage_error_and_writes_nothing(tmp_path: Pat
 def test_budget_falls_back_to_filter_space_for_an_input_that_cannot_be_synthesised() -> None:
     """Integer pixels cast to float inside the graph: no synthetic inputs can be made for an
     integer input, so the damage is the filter-space one, and the report says so."""
-    model = conv_net((3, 8, 8))
-    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT32
-    for node in model.graph.node:
-        node.input[:] = ["x_float" if name == "x" else name for name in node.input]
-    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_float"], to=1))
-    onnx.checker.check_model(model, full_check=True)
+    model = with_integer_input(conv_net((3, 8, 8)))
     _, report = prune(model, target_macs=0.8, check=False)
     assert "damage in filter space (input 'x' is not floating point" in report.budget
     assert report.after.macs <= 0.8 * report.before.macs

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from models import conv_net
+from models import conv_net, ort_outputs, with_integer_input
 
 from lbyl_onnx import list_units, prune
 from lbyl_onnx.api import AUTO_METHODS
@@ -21,13 +20,8 @@ from lbyl_onnx.synthetic import synthetic_inputs
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 
 
-def _outputs(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [np.asarray(o, np.float64) for o in session.run(None, feeds)]
-
-
 def _error(model, reference, feeds) -> float:
-    out = _outputs(model, feeds)
+    out = ort_outputs(model, feeds)
     lost = sum(np.sum((a - b) ** 2) for a, b in zip(out, reference, strict=True))
     return float(lost / sum(np.sum(b**2) for b in reference))
 
@@ -40,7 +34,7 @@ def test_auto_picks_per_unit_the_method_whose_pruned_model_moves_least(name: str
     _, report = prune(model, ratio=0.3, method="auto", check=False)
     inputs = synthetic_inputs(model, SYNTHETIC_SAMPLES, 0)
     feeds = {k: v[:SENSITIVITY_SAMPLES] for k, v in inputs.items()}
-    reference = _outputs(model, feeds)
+    reference = ort_outputs(model, feeds)
     chosen = {u.name: u.method for u in report.units}
     for unit in list_units(model)[0]:
         errors = {
@@ -70,11 +64,7 @@ def test_auto_measures_on_the_calibration_data_when_given() -> None:
 
 
 def test_auto_without_measurable_inputs_is_lbyl_and_says_why() -> None:
-    model = conv_net((3, 8, 8))
-    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT32
-    for node in model.graph.node:
-        node.input[:] = ["x_float" if name == "x" else name for name in node.input]
-    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_float"], to=1))
+    model = with_integer_input(conv_net((3, 8, 8)))
     _, report = prune(model, ratio=0.3, method="auto", check=False)
     assert {u.method for u in report.units} == {"lbyl"}
     assert all("not floating point" in " ".join(u.notes) for u in report.units)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from models import conv_net
+from models import conv_net, ort_outputs
 
 from lbyl_onnx import list_units, prune
 from lbyl_onnx.api import PruneConfig, _solve
@@ -17,11 +16,6 @@ from lbyl_onnx.graph.sensitivity import OutputSensitivity
 from lbyl_onnx.methods.criteria import keep_best
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
-
-
-def _outputs(model, feeds) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [np.asarray(o, np.float64) for o in session.run(None, feeds)]
 
 
 @pytest.mark.parametrize("name", ["digits_vgg_bn", "digits_mbv2", "digits_mlp"])
@@ -34,13 +28,13 @@ def test_one_unit_compensated_matches_the_model_pruned_at_that_unit(name: str) -
     feeds = {model.graph.input[0].name: rng.uniform(0, 1, shape).astype(np.float32)}
     sensitivity = OutputSensitivity(model, units, feeds, samples=5)
     assert model.SerializeToString() == before  # the maps were only there for the session
-    reference = _outputs(model, feeds)
+    reference = ort_outputs(model, feeds)
     for unit in units:
         pruned, report = prune(model, ratio=0.0, ratio_for=((unit.name, 0.4),), check=False)
         (record,) = [r for r in report.units if r.name == unit.name]
         kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
         solution = _solve(unit, kept, PruneConfig(), None)
-        out = _outputs(pruned, feeds)
+        out = ort_outputs(pruned, feeds)
         direct = sum(np.sum((a - b) ** 2) for a, b in zip(out, reference, strict=True))
         direct /= sum(np.sum(b**2) for b in reference)
         measured = sensitivity.error(unit, kept, solution.scaling, solution.offsets)

@@ -42,32 +42,42 @@ class Plan:
     """Bias correction: per channel, the constant the consumers' biases absorb."""
 
 
-def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarray) -> np.ndarray:
-    """``V'[o, t, ...] = sum_i S[i, t] V[o, i, ...]`` in the consumer's own weight layout.
+def channel_columns(
+    consumer: Consumer, weight: np.ndarray
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The consumer's weight as a ``rows x N`` matrix, one column per channel of the unit
+    (output channels, kernel taps and flattened positions as rows), and the map that puts a
+    ``rows x m`` matrix back into the weight's own layout with ``m`` channels."""
+    if consumer.kind == "conv":  # O x N x k...
+        moved = np.moveaxis(weight, 1, -1)
+        return moved.reshape(-1, weight.shape[1]), lambda c: np.moveaxis(
+            c.reshape(*moved.shape[:-1], c.shape[1]), -1, 1
+        )
+    block = consumer.block
+    if consumer.interleaved and consumer.transposed:  # O x (block*N), column p*N + c
+        o = weight.shape[0]
+        n = weight.shape[1] // block
+        return weight.reshape(o * block, n), lambda c: c.reshape(o, block * c.shape[1])
+    if consumer.interleaved:  # (block*N) x O
+        o = weight.shape[1]
+        n = weight.shape[0] // block
+        columns = weight.reshape(block, n, o).transpose(0, 2, 1).reshape(-1, n)
+        return columns, lambda c: c.reshape(block, o, c.shape[1]).transpose(0, 2, 1).reshape(-1, o)
+    if consumer.transposed:  # Gemm transB: O x (N*block)
+        o = weight.shape[0]
+        n = weight.shape[1] // block
+        columns = weight.reshape(o, n, block).transpose(0, 2, 1).reshape(-1, n)
+        return columns, lambda c: c.reshape(o, block, c.shape[1]).transpose(0, 2, 1).reshape(o, -1)
+    n = weight.shape[0] // block  # (N*block) x O
+    o = weight.shape[1]
+    return weight.reshape(n, block * o).T, lambda c: c.T.reshape(-1, o)
 
-    Computed as one matrix product with the channel axis last (BLAS, not ``einsum``).
-    """
-    v = weight.astype(np.float64)
-    n, m = scaling.shape
-    if consumer.kind == "conv":  # O x N x k...: one 2-D product (a stacked matmul skips BLAS)
-        moved = np.moveaxis(v, 1, -1)
-        product = moved.reshape(-1, n) @ scaling
-        folded = np.moveaxis(product.reshape(*moved.shape[:-1], m), -1, 1)
-    elif consumer.interleaved and consumer.transposed:  # O x (block*N), column p*N + c
-        o = v.shape[0]
-        folded = (v.reshape(o, consumer.block, n) @ scaling).reshape(o, consumer.block * m)
-    elif consumer.interleaved:  # (block*N) x O
-        o = v.shape[1]
-        folded = np.matmul(scaling.T, v.reshape(consumer.block, n, o))
-        folded = folded.reshape(consumer.block * m, o)
-    elif consumer.transposed:  # Gemm transB: O x (N*block)
-        o = v.shape[0]
-        blocks = v.reshape(o, n, consumer.block).transpose(0, 2, 1)  # O x block x N
-        folded = (blocks @ scaling).transpose(0, 2, 1).reshape(o, m * consumer.block)
-    else:  # (N*block) x O
-        o = v.shape[1]
-        blocks = v.reshape(n, consumer.block * o)  # N x (block*O)
-        folded = (scaling.T @ blocks).reshape(m * consumer.block, o)
+
+def fold_into_consumer(consumer: Consumer, weight: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    """``V'[o, t, ...] = sum_i S[i, t] V[o, i, ...]`` in the consumer's own weight layout:
+    one matrix product on the weight's channel columns (BLAS, not ``einsum``)."""
+    columns, restore = channel_columns(consumer, weight.astype(np.float64))
+    folded = restore(columns @ scaling)
     return np.ascontiguousarray(folded).astype(weight.dtype)
 
 
