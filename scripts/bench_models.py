@@ -46,6 +46,26 @@ def write_section(name: str, lines: list[str]) -> None:
     DOC.write_text(head + "\n".join([start, "", *lines, "", end]) + rest.partition(end)[2])
 
 
+def merged_rows(name: str, rows: list[str], order: list[str]) -> list[str]:
+    """Table rows for section ``name`` of ``docs/benchmarks.md``: ``rows`` (each starting
+    with a model's name), plus the section's existing rows of models that ``rows`` does not
+    cover, so that a rerun of some models (``--models``) keeps the others' figures; sorted
+    by model in ``order``, the rows of one model in their order."""
+    text = DOC.read_text() if DOC.exists() else ""
+    section = text.partition(f"<!-- {name}:start -->")[2].partition(f"<!-- {name}:end -->")[0]
+
+    def model(row: str) -> str:
+        return row.strip("| ").split(" |")[0]
+
+    rerun = {model(r) for r in rows}
+    old = [
+        line
+        for line in section.splitlines()
+        if line.startswith("| ") and model(line) in order and model(line) not in rerun
+    ]
+    return sorted(old + rows, key=lambda r: order.index(model(r)))
+
+
 PEAK_HOOK = """
 import atexit, sys
 def _report_peak():

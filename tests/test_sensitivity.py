@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from models import conv_net, ort_outputs
+from onnx import helper
 
 from lbyl_onnx import list_units, prune
 from lbyl_onnx.api import PruneConfig, _solve
@@ -65,3 +66,36 @@ def test_a_fixed_batch_is_run_whole() -> None:
     kept = np.arange(unit.channels - 2)
     solution = _solve(unit, kept, PruneConfig(), None)
     assert sensitivity.error(unit, kept, solution.scaling, solution.offsets) > 0
+
+
+def test_a_final_softmax_is_measured_at_its_logits() -> None:
+    """With a Softmax appended, the error measured is the logits' error of the model pruned
+    at one unit (the oracle runs the model without the Softmax), not the probabilities'."""
+    logits_model = load_model(ROOT / "digits_vgg_bn.onnx")
+    model = load_model(ROOT / "digits_vgg_bn.onnx")
+    graph = model.graph
+    graph.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
+    graph.output[0].name = "probabilities"
+    before = model.SerializeToString()
+    units, _ = list_units(model)
+    feeds = {"input": np.random.default_rng(3).uniform(0, 16, (6, 1, 8, 8)).astype(np.float32)}
+    sensitivity = OutputSensitivity(model, units, feeds, samples=6)
+    assert model.SerializeToString() == before
+    unit = units[1]
+    pruned, report = prune(logits_model, ratio=0.0, ratio_for=((unit.name, 0.5),), check=False)
+    (record,) = [r for r in report.units if r.name == unit.name]
+    kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
+    solution = _solve(unit, kept, PruneConfig(), None)
+    (reference,) = ort_outputs(logits_model, feeds)
+    (out,) = ort_outputs(pruned, feeds)
+    logits_error = np.sum((out - reference) ** 2) / np.sum(reference**2)
+    probabilities_error = np.sum((_softmax(out) - _softmax(reference)) ** 2)
+    probabilities_error /= np.sum(_softmax(reference) ** 2)
+    assert abs(logits_error - probabilities_error) > 1e-3 * logits_error  # they differ here
+    measured = sensitivity.error(unit, kept, solution.scaling, solution.offsets)
+    assert measured == pytest.approx(logits_error, rel=1e-4)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)

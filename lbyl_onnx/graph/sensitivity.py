@@ -6,6 +6,10 @@ folding ``S`` into a consumer is linear. Inserting that map in front of the cons
 exactly the pruned unit's outputs, without rewriting any weight. One session holds a map per
 unit, its ``T`` and ``e`` fed as inputs: the identity and zero everywhere except in the unit
 being measured, so every unit is measured on the same inputs with one session.
+
+An output computed by a Softmax or LogSoftmax is measured at that node's input, the logits:
+a classifier's probabilities saturate, so their error counts the few inputs whose label
+flips and does not add up over units, where the logits' error does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from .units import Unit
 
 BATCH = 8
 """Inputs per onnxruntime run (unless the model's batch is fixed)."""
+
+NORMALISERS = ("Softmax", "LogSoftmax")
+"""Ops whose input, not output, is measured when they compute a model output."""
 
 
 class OutputSensitivity:
@@ -41,13 +48,20 @@ class OutputSensitivity:
         shapes = infer_shapes(model)
         self.ranks = {u.name: len(shapes.get(u.record) or [0] * 4) for u in units}
         graph = model.graph
-        counts = len(graph.node), len(graph.input)
+        counts = len(graph.node), len(graph.input), len(graph.output)
+        self.measured = _measured_outputs(graph)
         rewired = _insert_maps(graph, units, self.maps, self.ranks)
+        graph.output.extend(
+            onnx.ValueInfoProto(name=name)
+            for name in self.measured
+            if name not in {o.name for o in graph.output}
+        )
         try:  # the maps are in the graph only while the session is created
             self.session = check.session(model, optimised=True)
         finally:
             del graph.node[counts[0] :]
             del graph.input[counts[1] :]
+            del graph.output[counts[2] :]
             for node, position, name in rewired:
                 node.input[position] = name
         fixed = self.session.get_inputs()[0].shape[0]
@@ -71,14 +85,14 @@ class OutputSensitivity:
         return feeds
 
     def _run(self, applied: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """The outputs on every input, run in batches of :data:`BATCH` (or the model's fixed
-        batch, whose remainder is dropped), concatenated."""
+        """The measured outputs on every input, run in batches of :data:`BATCH` (or the
+        model's fixed batch, whose remainder is dropped), concatenated."""
         feeds = self._feeds(applied)
         count, step = len(next(iter(self.inputs.values()))), self.batch
         batches = []
         for start in range(0, count - step + 1 if self.fixed else count, step):
             part = {k: v[start : start + step] if k in self.inputs else v for k, v in feeds.items()}
-            batches.append(self.session.run(None, part))
+            batches.append(self.session.run(self.measured, part))
         return [
             np.concatenate([np.atleast_1d(np.asarray(b[i], np.float64)) for b in batches])
             for i in range(len(batches[0]))
@@ -87,8 +101,8 @@ class OutputSensitivity:
     def error(
         self, unit: Unit, kept: np.ndarray, scaling: np.ndarray, offsets: np.ndarray | None
     ) -> float:
-        """``sum |y' - y|^2 / sum |y|^2`` over every output, with only ``unit`` compensated
-        (``T = S P^T``, ``e`` the offsets)."""
+        """``sum |y' - y|^2 / sum |y|^2`` over every measured output, with only ``unit``
+        compensated (``T = S P^T``, ``e`` the offsets)."""
         n = unit.channels
         t = np.zeros((n, n))
         t[:, kept] = scaling
@@ -99,6 +113,19 @@ class OutputSensitivity:
         )
         total = sum(float(np.sum(b**2)) for b in self.reference)
         return lost / total if total > 0 else 0.0
+
+
+def _measured_outputs(graph: onnx.GraphProto) -> list[str]:
+    """The model's outputs, each replaced by its producer's input where that producer is one
+    of :data:`NORMALISERS`."""
+    producer = {output: node for node in graph.node for output in node.output}
+    measured = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        name = node.input[0] if node is not None and node.op_type in NORMALISERS else output.name
+        if name not in measured:
+            measured.append(name)
+    return measured
 
 
 def _insert_maps(
