@@ -147,9 +147,10 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     default="lbyl",
     show_default=True,
     type=click.Choice(list(METHOD_NAMES)),
-    help="lbyl: many-to-one compensation; nm: Neuron Merging; prune: plain removal; auto: "
-    "per unit, the one whose outputs move least, measured in onnxruntime on "
-    "--calibration-data or else on synthetic inputs.",
+    help="lbyl: many-to-one compensation; lbyl-nn: the same with non-negative "
+    "coefficients (exact wherever the kept channels agree in sign); nm: Neuron Merging; "
+    "prune: plain removal; auto: per unit, the one whose outputs move least, measured in "
+    "onnxruntime on --calibration-data or else on synthetic inputs.",
 )
 @click.option(
     "--criterion",

@@ -36,7 +36,7 @@ from bench_models import ROOT, BenchModel, development_models, run_measured, wri
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
 
-METHODS = ("prune", "nm", "lbyl", "lbyl+cal")
+METHODS = ("prune", "nm", "lbyl", "lbyl-nn", "lbyl+cal")
 """``lbyl+cal``: calibration mode with 256 unlabelled inputs disjoint from the evaluation."""
 CALIBRATION_SAMPLES = 256
 PLOTS = ROOT / "docs" / "plots"

@@ -115,6 +115,22 @@ def test_target_macs_on_a_model_respects_rounding_and_min_keep(target: float) ->
     assert report.budget and f"target {target:.1%}" in report.budget
 
 
+def test_lbyl_nn_under_a_budget_takes_lbyls_widths_and_its_own_coefficients() -> None:
+    """The damage curves of ``lbyl-nn`` are LBYL's (a quadratic programme per removed channel
+    at every width would cost minutes on large layers), so both choose the same widths; the
+    compensation is still the non-negative one: the consumers' folded weights differ."""
+    lbyl_model, lbyl_report = prune(str(VGG), target_macs=0.6, method="lbyl", check=False)
+    nn_model, nn_report = prune(str(VGG), target_macs=0.6, method="lbyl-nn", check=False)
+    widths = [(u.name, u.channels_after) for u in lbyl_report.units]
+    assert widths == [(u.name, u.channels_after) for u in nn_report.units]
+    assert any(u.channels_after < u.channels_before for u in lbyl_report.units)
+    assert weights_of(lbyl_model).keys() == weights_of(nn_model).keys()
+    assert any(
+        not np.allclose(value, weights_of(nn_model)[name])
+        for name, value in weights_of(lbyl_model).items()
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

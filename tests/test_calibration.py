@@ -81,7 +81,7 @@ def test_bias_correction_restores_an_affine_combination_exactly() -> None:
     assert error > 0.1  # data-free LBYL cannot know the constant: the test can fail
 
 
-@pytest.mark.parametrize("method", ["prune", "nm", "lbyl"])
+@pytest.mark.parametrize("method", ["prune", "nm", "lbyl", "lbyl-nn"])
 def test_calibration_creates_biases_where_consumers_have_none(method: str) -> None:
     """The digits VGG's convs have no bias (BN follows): bias correction must add one to the
     consumer, which is also the next unit's producer (then sliced with its channels)."""

@@ -98,7 +98,7 @@ def vgg(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------- 1. happy path
 
 
-@pytest.mark.parametrize("method", ["prune", "nm", "lbyl"])
+@pytest.mark.parametrize("method", ["prune", "nm", "lbyl", "lbyl-nn"])
 def test_each_method_writes_a_smaller_valid_model_that_runs(vgg: Path, method: str) -> None:
     original_bytes = vgg.read_bytes()
     out = vgg.parent / "out.onnx"

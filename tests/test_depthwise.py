@@ -180,7 +180,7 @@ def test_channel_multiplier_is_declined_with_a_reason():
     assert any("multiplier" in d.reason for d in declined), declined
 
 
-@pytest.mark.parametrize("method", ["prune", "nm", "lbyl"])
+@pytest.mark.parametrize("method", ["prune", "nm", "lbyl", "lbyl-nn"])
 def test_ratio_zero_leaves_the_block_unchanged(method):
     model = block(block_arrays(seed=2), act="Relu")
     feeds = random_feeds(model)

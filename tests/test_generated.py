@@ -39,7 +39,7 @@ DECLINE_EXAMPLES = max(20, EXAMPLES // 5)
 IR_FOR_OPSET = {11: (6, 7), 13: (7, 8), 17: (8,), 21: (10,)}
 ACTIVATIONS = (None, "Relu", "LeakyRelu", "Clip", "PRelu")
 CLIP = (0.0, 6.0, "input")  # Clip(0, 6) with scalar min/max inputs (opset >= 11)
-METHODS = ("prune", "nm", "lbyl")
+METHODS = ("prune", "nm", "lbyl", "lbyl-nn")
 
 ort.set_default_logger_severity(3)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import scipy.optimize
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,11 +22,13 @@ from lbyl_onnx.methods import (
     choose_kept,
     kept_count,
     solve_lbyl,
+    solve_lbyl_nn,
     solve_merging,
     solve_prune,
 )
 from lbyl_onnx.methods.base import regularisers
 from lbyl_onnx.methods.lbyl import lbyl_bn_aware_coefficients, lbyl_objective
+from lbyl_onnx.methods.lbyl_nn import nonnegative_quadratic
 
 # --------------------------------------------------------------------------- oracles
 
@@ -668,3 +671,103 @@ def test_merging_residual_can_exceed_plain_removal_when_cosine_below_half():
     assert sol.scaling[1, 0] == pytest.approx(1.0)
     assert sol.residual == pytest.approx(2 * (1 - cos))  # 1.6 > 1.0
     assert solve_prune(layer, np.array([0]), MethodOptions()).residual == 1.0
+
+
+# --------------------------------------------------------------------------- 13. lbyl-nn
+
+
+def nnls_lbyl(wt, bt, kept, j, lam1, lam2) -> np.ndarray:
+    """Minimiser of the LBYL objective over ``s >= 0``, by SciPy's NNLS on the stacked rows."""
+    m = len(kept)
+    a = np.vstack([wt[kept].T, np.sqrt(lam1) * bt[kept][None, :], np.sqrt(lam2) * np.eye(m)])
+    y = np.concatenate([wt[j], [np.sqrt(lam1) * bt[j]], np.zeros(m)])
+    return scipy.optimize.nnls(a, y, maxiter=50 * (m + 1))[0]
+
+
+@given(cases(), options_st)
+def test_lbyl_nn_rows_are_the_nonnegative_least_squares_minimiser(case, options):
+    layer, kept = case.layer, case.kept
+    lam1, lam2 = regularisers(layer, kept, options)
+    wt, bt = fold(layer.weight, layer.bias, layer.bn)
+    sol = solve_lbyl_nn(layer, kept, options)
+    np.testing.assert_array_equal(sol.scaling[kept, np.arange(len(kept))], 1.0)
+    for j in removed_of(layer.channels, kept):
+        assert np.all(sol.scaling[j] >= 0.0)
+        best = objective(wt, bt, kept, j, nnls_lbyl(wt, bt, kept, j, lam1, lam2), lam1, lam2)
+        got = objective(wt, bt, kept, j, sol.scaling[j], lam1, lam2)
+        assert got == pytest.approx(best, rel=1e-7, abs=1e-9 * (wt[j] @ wt[j] + 1e-30))
+
+
+@given(cases(), options_st)
+def test_lbyl_nn_objective_lies_between_lbyl_and_merging_and_removal(case, options):
+    """LBYL drops the sign constraint, so it is never worse; Neuron Merging's single positive
+    coefficient and removal's zero are feasible, so neither is better."""
+    layer, kept = case.layer, case.kept
+    lam1, lam2 = regularisers(layer, kept, options)
+    wt, bt = fold(layer.weight, layer.bias, layer.bn)
+    ours = solve_lbyl_nn(layer, kept, options)
+    lbyl, nm = solve_lbyl(layer, kept, options), solve_merging(layer, kept, options)
+    for j in removed_of(layer.channels, kept):
+        value = objective(wt, bt, kept, j, ours.scaling[j], lam1, lam2)
+        scale = 1e-7 * value + 1e-9 * (wt[j] @ wt[j] + 1e-30)
+        assert objective(wt, bt, kept, j, lbyl.scaling[j], lam1, lam2) <= value + scale
+        assert value <= objective(wt, bt, kept, j, nm.scaling[j], lam1, lam2) + scale
+        assert value <= objective(wt, bt, kept, j, np.zeros(len(kept)), lam1, lam2) + scale
+
+
+@given(restorable(linear=False))
+def test_lbyl_nn_restores_positive_multiples_exactly_in_relu_network(data):
+    layer, kept, rng, coeffs = data
+    sol = solve_lbyl_nn(layer, kept, MethodOptions(ridge=1e-12))
+    removed = removed_of(layer.channels, kept)
+    if len(removed):
+        assert rel_err(sol.scaling[removed], coeffs) <= 1e-5
+    y, y_new = relu_network_outputs(layer, kept, sol.scaling, rng)
+    assert np.abs(y_new - y).max() <= 1e-5 * max(np.abs(y).max(), 1.0)
+
+
+def test_a_nonnegative_combination_is_exact_where_the_kept_channels_agree_in_sign():
+    """The module's claim, on a ReLU: ``z_j = s^T z_P`` exactly. With ``s >= 0``,
+    ``relu(z_j) = s^T relu(z_P)`` on every input whose kept channels are all active or all
+    inactive; a mixed-sign combination (LBYL's fit of one) fails on inputs of both kinds,
+    where ``s^T z_P`` takes the other sign."""
+    rng = np.random.default_rng(4)
+    d, kept = 6, np.array([0, 1, 2])
+    relu = lambda z: np.maximum(z, 0.0)  # noqa: E731
+    x = rng.normal(size=(d, 20000))
+    for coeffs, solve, exact in [
+        (np.array([0.5, 1.5, 2.0]), solve_lbyl_nn, True),
+        (np.array([1.5, -1.0, 0.5]), solve_lbyl, False),
+    ]:
+        w = np.zeros((4, d))
+        w[kept] = rng.normal(size=(3, d))
+        w[3] = coeffs @ w[kept]
+        layer = LayerArrays(w, np.zeros(4))
+        s = solve(layer, kept, MethodOptions(ridge=1e-12)).scaling[3]
+        np.testing.assert_allclose(s, coeffs, rtol=1e-6)
+        z = w @ x
+        gap = np.abs(relu(z[3]) - s @ relu(z[kept]))
+        tolerance = 1e-6 * np.abs(z[3]).max()
+        for agree in (np.all(z[kept] > 0, axis=0), np.all(z[kept] < 0, axis=0)):
+            assert agree.sum() > 100
+            assert (gap[agree].max() <= tolerance) == exact
+
+
+@given(st.integers(1, 30), st.integers(1, 12), st.integers(1, 40), seeds)
+def test_nonnegative_quadratic_meets_the_optimality_conditions(m, columns, d, seed):
+    """KKT of ``min 1/2 s^T A s - b^T s, s >= 0`` for a positive semi-definite ``A`` (singular
+    when ``d < m``): ``s >= 0``, ``A s - b >= 0``, and ``s_i (A s - b)_i = 0``."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(m, d))
+    a = f @ f.T
+    b = f @ rng.normal(size=(d, columns))
+    s = nonnegative_quadratic(a, b)
+    gradient = a @ s - b
+    scale = 1e-8 * (np.linalg.norm(b, axis=0) + 1e-300)
+    assert np.all(s >= 0.0)
+    assert np.all(gradient >= -scale)
+    assert np.all(np.abs(s * gradient) <= scale * (np.abs(s).max(axis=0) + 1.0))
+
+
+def test_nonnegative_quadratic_of_zero_filters_is_zero():
+    assert not nonnegative_quadratic(np.zeros((3, 3)), np.zeros((3, 2))).any()

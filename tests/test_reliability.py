@@ -92,7 +92,7 @@ def test_existing_output_survives_a_failed_run(
     assert sorted(p.name for p in workdir.iterdir()) == ["in.onnx", "out.onnx"]
 
 
-@pytest.mark.parametrize("method", ["prune", "nm", "lbyl"])
+@pytest.mark.parametrize("method", ["prune", "nm", "lbyl", "lbyl-nn"])
 def test_same_input_gives_identical_bytes_and_report(workdir: Path, method: str) -> None:
     outputs = []
     for run in ("a", "b"):

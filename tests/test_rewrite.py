@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lbyl_onnx import MethodOptions, prune
 from lbyl_onnx.check import session
 
-METHODS = ("prune", "nm", "lbyl")
+METHODS = ("prune", "nm", "lbyl", "lbyl-nn")
 EXACT = MethodOptions(ridge=1e-9)
 """LBYL with a vanishing ridge: exact when the removed filters are in the kept span."""
 
@@ -284,12 +284,14 @@ def test_positive_multiple_is_restored_exactly(kind):
     feeds = random_feeds(model, batch=4)
     reference = run(model, feeds)
     errors = {}
-    for method, options in (("nm", MethodOptions()), ("lbyl", EXACT), ("prune", EXACT)):
+    methods = (("nm", MethodOptions()), ("lbyl", EXACT), ("lbyl-nn", EXACT), ("prune", EXACT))
+    for method, options in methods:
         out, report = pruned(model, ratio=0.5, method=method, options=options)
         assert [u.channels_after for u in report.units] == [4]
         errors[method] = rel_error(run(out, feeds), reference)
     assert errors["nm"] < 1e-4, errors
     assert errors["lbyl"] < 1e-4, errors
+    assert errors["lbyl-nn"] < 1e-4, errors
     assert errors["prune"] > 0.05, errors  # removing the multiples does change the output
 
 
@@ -366,7 +368,7 @@ def test_linear_combination_is_restored_exactly_in_linear_gemm_chain():
 # --------------------------------------------------------------------------- 5. consumers
 
 
-@pytest.mark.parametrize("method", ["nm", "lbyl"])
+@pytest.mark.parametrize("method", ["nm", "lbyl", "lbyl-nn"])
 @pytest.mark.parametrize(
     ("heads", "between"),
     [

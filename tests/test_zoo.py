@@ -44,7 +44,7 @@ is (and always in CI, where it must be), not generated at all elsewhere."""
 
 def _run_everything(path: Path) -> None:
     original = onnx.load(str(path))
-    runs = [("prune", False), ("nm", False), ("lbyl", False), ("lbyl", True)]
+    runs = [("prune", False), ("nm", False), ("lbyl", False), ("lbyl-nn", False), ("lbyl", True)]
     for method, residual in runs:
         pruned, report = prune(
             original,

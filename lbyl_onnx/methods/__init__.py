@@ -10,6 +10,7 @@ from __future__ import annotations
 from .base import BatchNormParams, LayerArrays, MethodOptions, Solution
 from .criteria import CRITERIA, choose_kept, kept_count
 from .lbyl import solve_lbyl
+from .lbyl_nn import solve_lbyl_nn
 from .merging import solve_merging
 from .prune import solve_prune
 
@@ -17,6 +18,7 @@ METHODS = {
     "prune": solve_prune,
     "nm": solve_merging,
     "lbyl": solve_lbyl,
+    "lbyl-nn": solve_lbyl_nn,
 }
 """Registry of methods: name -> ``solve(layer, kept, options) -> Solution``."""
 
@@ -30,6 +32,7 @@ __all__ = [
     "choose_kept",
     "kept_count",
     "solve_lbyl",
+    "solve_lbyl_nn",
     "solve_merging",
     "solve_prune",
 ]

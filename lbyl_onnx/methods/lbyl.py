@@ -30,6 +30,19 @@ from .base import (
 )
 
 
+def lbyl_system(
+    g: np.ndarray, bt: np.ndarray, kept: np.ndarray, removed: np.ndarray, lam1: float, lam2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The LBYL objective of every removed channel as ``1/2 s^T A s - b_j^T s`` (plus a
+    constant): ``A = Wt_P Wt_P^T + lam1 bt_P bt_P^T + lam2 I`` (``m x m``, shared) and the
+    columns ``b_j = Wt_P wt_j + lam1 bt_j bt_P``, from the folded filters' Gram matrix
+    ``g``."""
+    bp = bt[kept]
+    gram = g[np.ix_(kept, kept)] + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
+    rhs = g[np.ix_(kept, removed)] + lam1 * np.outer(bp, bt[removed])
+    return gram, rhs
+
+
 def lbyl_coefficients(
     g: np.ndarray, bt: np.ndarray, kept: np.ndarray, removed: np.ndarray, lam1: float, lam2: float
 ) -> tuple[np.ndarray, bool]:
@@ -38,9 +51,7 @@ def lbyl_coefficients(
 
     Returns the coefficients and whether the Cholesky solve succeeded (False: least squares).
     """
-    bp = bt[kept]
-    gram = g[np.ix_(kept, kept)] + lam1 * np.outer(bp, bp) + lam2 * np.eye(len(kept))
-    rhs = g[np.ix_(kept, removed)] + lam1 * np.outer(bp, bt[removed])
+    gram, rhs = lbyl_system(g, bt, kept, removed, lam1, lam2)
     try:
         with warnings.catch_warnings():  # an ill-conditioned solve warns instead of raising
             warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
