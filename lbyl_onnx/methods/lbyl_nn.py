@@ -49,6 +49,10 @@ TOLERANCE = 1e-10
 WARM_START_ITERATIONS = 50
 """ADMM iterations that estimate which coefficients are positive before the exact solve."""
 
+SOLVE_ACCURACY = 1e-6
+"""Relative gradient left on the free set above which a solve is taken as inaccurate (an
+ill-conditioned block)."""
+
 MAX_ACTIVE_SET_CHANGES = 100
 
 
@@ -99,7 +103,8 @@ def _active_set(
 ) -> np.ndarray | None:
     """Stage 2 of :func:`nonnegative_quadratic` for one column, from the warm start; None
     if the free set has not settled or a block of ``A`` is singular."""
-    threshold = tolerance * max(float(np.linalg.norm(b)), 1e-300)
+    size = max(float(np.linalg.norm(b)), 1e-300)
+    threshold = tolerance * size
     free = warm > 0.0
     for _ in range(MAX_ACTIVE_SET_CHANGES):
         s = np.zeros_like(b)
@@ -110,8 +115,8 @@ def _active_set(
                 return None
             s[free] = scipy.linalg.cho_solve(factor, b[free], check_finite=False)
         gradient = a @ s - b
-        if np.abs(gradient[free]).max(initial=0.0) > np.sqrt(threshold * float(np.abs(b).max())):
-            return None  # an ill-conditioned block: the solve is not accurate
+        if np.abs(gradient[free]).max(initial=0.0) > SOLVE_ACCURACY * size:
+            return None
         updated = (free & (s > 0.0)) | (~free & (gradient < -threshold))
         if np.array_equal(updated, free):
             return s
