@@ -36,6 +36,7 @@ from .methods.criteria import keep_best
 from .methods.judge import activation_errors, activation_samples, judged
 from .methods.moments import activation_means
 from .report import ModelSummary, Report, UnitRecord
+from .synthetic import CONVENTIONS
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class PruneConfig:
     seed: int = 0
     input_shapes: dict[str, list[int]] | None = None
     input_data: dict[str, np.ndarray] | None = None
+    input_range: str | None = None
+    """The image inputs' normalisation (one of ``synthetic.CONVENTIONS``) for synthetic
+    inputs; None: estimated from the model (:func:`lbyl_onnx.synthetic.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
     calibration_ridge: float = 1e-3
     bias_correction: bool | None = None
@@ -97,6 +101,9 @@ class PruneConfig:
             raise UsageError(f"--min-keep {self.min_keep:g} is outside [0, 1]")
         if self.check_n < 1:
             raise UsageError("--check-n must be at least 1")
+        if self.input_range is not None and self.input_range not in CONVENTIONS:
+            known = ", ".join(CONVENTIONS)
+            raise UsageError(f"unknown --input-range '{self.input_range}' (choose from {known})")
         return self
 
 
@@ -158,13 +165,19 @@ def prune(
 
     units, declined = find_units(work, infer_shapes(work), config.prune_residual)
     warnings = _unmatched_patterns(config, units, declined)
+    budgeted = config.target_macs is not None or config.target_params is not None
+    if config.input_range and (calibration or not (budgeted or config.method == "auto")):
+        warnings.append(
+            "--input-range has no effect: it scales the synthetic inputs of --target-macs, "
+            "--target-params and --method auto, used only without --calibration-data"
+        )
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
     statistics = record_statistics(work, units, calibration) if calibration and units else None
     measurement = Measurement(work, units, config, calibration)
     budget = None
-    if config.target_macs is not None or config.target_params is not None:
+    if budgeted:
         counts, budget = _budget_counts(work, units, config, statistics, measurement)
     else:
         counts = {u.name: _ratio_count(u, config) for u in units}
@@ -201,6 +214,7 @@ def prune(
     depthwise = sum(
         bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
     )
+    mode = _mode(config, measurement)
     del plans, units, statistics, measurement  # the weights as arrays: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
@@ -232,7 +246,7 @@ def prune(
     report = Report(
         tool_version=__version__,
         method=config.method,
-        mode=_mode(config),
+        mode=mode,
         criterion=config.criterion,
         ratio=config.ratio,
         units=records,
@@ -456,10 +470,11 @@ def _unit_notes(unit: Unit, statistics: dict | None) -> list[str]:
     return [note for note in unit.notes if "approximate" not in note]
 
 
-def _mode(config: PruneConfig) -> str:
+def _mode(config: PruneConfig, measurement: Measurement) -> str:
     if not config.calibration_data:
         if config.method == "auto":
-            return "data-free (methods chosen on synthetic inputs)"
+            scaled = f" scaled as {measurement.scaling}" if measurement.scaling else ""
+            return f"data-free (methods chosen on synthetic inputs{scaled})"
         return "data-free"
     count = len(next(iter(config.calibration_data.values())))
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}

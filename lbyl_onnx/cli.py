@@ -197,6 +197,13 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Real samples for validation instead of random ones.",
 )
 @click.option(
+    "--input-range",
+    type=click.Choice(["0,1", "-1,1", "imagenet", "0,255"]),
+    help="How the model's image inputs are normalised (pixels scaled to [0, 1] or [-1, 1], "
+    "ImageNet mean/std, or raw [0, 255]), for the synthetic inputs of --target-macs and "
+    "--method auto. Default: estimated from the model, as the report says.",
+)
+@click.option(
     "--prune-residual",
     is_flag=True,
     help="Also prune residual groups: every conv feeding the same chain of residual Adds "
@@ -304,6 +311,7 @@ def _run(o: SimpleNamespace) -> int:
         check_n=o.check_n,
         input_shapes=dict(_parse_shape(t) for t in o.input_shape) or None,
         input_data=dict(_load_input_data(t) for t in o.input_data) or None,
+        input_range=o.input_range if o.input_range in (None, "imagenet") else f"[{o.input_range}]",
         calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
         bias_correction=o.bias_correction,
         prune_residual=o.prune_residual,

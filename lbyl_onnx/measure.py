@@ -12,7 +12,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 from .check import real_inputs
 from .graph.sensitivity import OutputSensitivity
 from .graph.units import Unit
-from .synthetic import synthetic_inputs
+from .synthetic import normalisations, synthetic_inputs
 
 if TYPE_CHECKING:
     from .api import PruneConfig
@@ -39,17 +39,25 @@ class Measurement:
         calibration: dict[str, np.ndarray] | None,
     ):
         self.model, self.units, self.config, self.calibration = model, units, config, calibration
-        self.source = (
-            "the calibration data" if calibration else f"{SYNTHETIC_SAMPLES} synthetic inputs"
-        )
-        self.sensitivity_source = (
-            f"{SENSITIVITY_SAMPLES} calibration samples"
-            if calibration
-            else f"{SENSITIVITY_SAMPLES} synthetic inputs"
-        )
         self._inputs: dict[str, np.ndarray] | None = None
         self._sensitivity: OutputSensitivity | None = None
+        self.scaling = ""
+        """How synthetic images were scaled (complete once :meth:`inputs` ran)."""
         self.failure = ""
+
+    @property
+    def source(self) -> str:
+        """What the inputs are, for the report (complete once :meth:`inputs` ran): with
+        synthetic images, the normalisation that scaled them and how it was chosen."""
+        if self.calibration:
+            return "the calibration data"
+        scaled = f" scaled as {self.scaling}" if self.scaling else ""
+        return f"{SYNTHETIC_SAMPLES} synthetic inputs{scaled}"
+
+    @property
+    def sensitivity_source(self) -> str:
+        kind = "calibration samples" if self.calibration else "synthetic inputs"
+        return f"{SENSITIVITY_SAMPLES} {kind}"
 
     def inputs(self) -> dict[str, np.ndarray] | None:
         """The inputs, or None (with :attr:`failure` saying why) for a model that has an input
@@ -59,12 +67,25 @@ class Measurement:
         return self._inputs
 
     def _synthetic(self) -> dict[str, np.ndarray] | None:
+        """Synthetic images scaled by ``--input-range`` when given, else by the normalisation
+        estimated from the model (:func:`normalisations`)."""
         config = self.config
         try:
-            made = synthetic_inputs(self.model, SYNTHETIC_SAMPLES, config.seed, config.input_shapes)
+            norms = normalisations(self.model, config.input_shapes, config.input_range)
+            made = synthetic_inputs(
+                self.model,
+                SYNTHETIC_SAMPLES,
+                config.seed,
+                config.input_shapes,
+                {name: (norm.scale, norm.shift) for name, norm in norms.items()},
+            )
         except ValueError as error:  # an input that is not floating point
             self.failure = str(error)
             return None
+        self.scaling = "; ".join(
+            (f"'{name}' " if len(norms) > 1 else "") + norm.describe()
+            for name, norm in norms.items()
+        )
         dtypes = {
             i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
             for i in real_inputs(self.model)

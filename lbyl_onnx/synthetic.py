@@ -319,6 +319,24 @@ class Normalisation:
     source: str
     reason: str = ""
     fit: dict[str, float] = field(default_factory=dict)
+    convention: str = ""
+    """The named convention (:data:`CONVENTIONS`) the map is, or ``""`` for a fitted one."""
+
+    def describe(self) -> str:
+        """One phrase for the report: the map, and how it was chosen."""
+        if not self.convention:
+            scale, shift = float(np.mean(self.scale)), float(np.mean(self.shift))
+            sign = "-" if shift < 0 else "+"
+            return (
+                f"x * {scale:.3g} {sign} {abs(shift):.3g}, "
+                "fitted to the first BatchNormalization's statistics"
+            )
+        how = {
+            "given": "as given",
+            "bias": "guessed from the first layer's bias",
+            "fallback": f"guessed ({self.reason})",
+        }
+        return f"{self.convention}, {how.get(self.source, self.source)}"
 
 
 PREPROCESSING_OPS = {"Transpose", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad"}
@@ -622,7 +640,7 @@ def fit_normalisation(
     scale, shift = convention(FALLBACK, c)
     layer, why = first_layer(model, spec.name)
     if layer is None:
-        return Normalisation(scale, shift, "fallback", why)
+        return Normalisation(scale, shift, "fallback", why, convention=FALLBACK)
     index = GraphIndex(model)
     h, w = spec.size
     if layer.spatial:
@@ -652,7 +670,9 @@ def fit_normalisation(
         bias = np.abs(mean_g[:, -1])
         alive = sd > 0
         if not alive.any() or np.max(bias) <= 1e-12 * max(np.max(sd), 1e-30):
-            return Normalisation(scale, shift, "fallback", "the first layer has no bias")
+            return Normalisation(
+                scale, shift, "fallback", "the first layer has no bias", convention=FALLBACK
+            )
         ratios[name] = float(np.median(bias[alive] / sd[alive]))
     best = min(ratios, key=lambda k: abs(np.log(max(ratios[k], 1e-30))))
     scale, shift = convention(best, c)
@@ -663,7 +683,27 @@ def fit_normalisation(
         "bias",
         f"{best}: median |bias| / sd per convention: {detail}",
         fit={f"ratio {k}": v for k, v in ratios.items()},
+        convention=best,
     )
+
+
+def normalisations(
+    model: onnx.ModelProto,
+    input_shapes: dict[str, list[int]] | None = None,
+    given: str | None = None,
+) -> dict[str, Normalisation]:
+    """The normalisation of every image input: the named convention ``given`` (one of
+    :data:`CONVENTIONS`, source ``given``) for all of them, else :func:`fit_normalisation`."""
+    out = {}
+    for spec in input_specs(model, input_shapes):
+        if spec.layout == "dense":
+            continue
+        if given is not None:
+            scale, shift = convention(given, spec.channels)
+            out[spec.name] = Normalisation(scale, shift, "given", convention=given)
+        else:
+            out[spec.name] = fit_normalisation(model, spec.name, input_shapes=input_shapes)
+    return out
 
 
 def input_normalisation(

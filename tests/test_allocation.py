@@ -17,6 +17,8 @@ from lbyl_onnx import list_units, prune
 from lbyl_onnx.api import PruneConfig, summarize
 from lbyl_onnx.budget import budget_counts, consumer_column_gram
 from lbyl_onnx.cli import main
+from lbyl_onnx.errors import UsageError
+from lbyl_onnx.measure import SYNTHETIC_SAMPLES, Measurement
 from lbyl_onnx.methods import solve_lbyl
 from lbyl_onnx.methods.allocation import (
     CostTerm,
@@ -25,6 +27,7 @@ from lbyl_onnx.methods.allocation import (
     candidate_counts,
     total_cost,
 )
+from lbyl_onnx.synthetic import CONVENTIONS, convention, fit_normalisation, synthetic_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"
@@ -140,6 +143,7 @@ def test_lbyl_nn_under_a_budget_takes_lbyls_widths_and_its_own_coefficients() ->
         (["--round-to", "0"], "at least 1"),
         (["--min-keep", "1.5"], "outside [0, 1]"),
         (["--target-macs", "0.5", "--ratio", "0.2"], "not both"),
+        (["--target-macs", "0.5", "--input-range", "0,2"], "Invalid value for '--input-range'"),
     ],
 )
 def test_bad_budget_options_are_usage_errors(tmp_path: Path, args, needle) -> None:
@@ -277,3 +281,44 @@ def test_budget_falls_back_to_filter_space_for_an_input_that_cannot_be_synthesis
     _, report = prune(model, target_macs=0.8, check=False)
     assert "damage in filter space (input 'x' is not floating point" in report.budget
     assert report.after.macs <= 0.8 * report.before.macs
+
+
+@pytest.mark.parametrize("name", CONVENTIONS)
+def test_input_range_scales_the_synthetic_inputs_a_budget_is_measured_on(name: str) -> None:
+    """``--input-range`` replaces the estimated normalisation: the measured inputs are the
+    synthetic images under that convention's map (and lie in its range), and the report
+    names it."""
+    model = onnx.load(VGG)
+    units, _ = list_units(model)
+    measurement = Measurement(model, units, PruneConfig(input_range=name).validated(), None)
+    x = measurement.inputs()["input"]
+    scale, shift = convention(name, 1)
+    expected = synthetic_inputs(
+        model, SYNTHETIC_SAMPLES, 0, normalisation={"input": (scale, shift)}
+    )["input"]
+    np.testing.assert_array_equal(x, expected)
+    assert x.min() >= shift[0] - 1e-5 and x.max() <= scale[0] + shift[0] + 1e-4
+    assert x.max() - x.min() > 0.5 * scale[0]  # spread over the range, not a constant
+    assert measurement.source == f"{SYNTHETIC_SAMPLES} synthetic inputs scaled as {name}, as given"
+
+
+def test_without_input_range_the_report_names_the_estimated_normalisation() -> None:
+    _, report = prune(str(VGG), target_macs=0.8, check=False)
+    assert report.budget.endswith(f"scaled as {fit_normalisation(onnx.load(VGG)).describe()}")
+
+
+def test_input_range_is_validated_and_warned_about_where_it_does_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown --input-range '0-1'"):
+        PruneConfig(input_range="0-1").validated()
+    out = tmp_path / "out.onnx"
+    used = CliRunner().invoke(
+        main, [str(VGG), str(out), "--target-macs", "0.8", "--input-range", "0,255"]
+    )
+    assert used.exit_code == 0, used.output
+    assert "scaled as [0,255], as given" in used.output
+    assert "--input-range has no effect" not in used.output
+    unused = CliRunner().invoke(
+        main, [str(VGG), str(out), "--ratio", "0.2", "--input-range", "-1,1"]
+    )
+    assert unused.exit_code == 0, unused.output
+    assert "warning: --input-range has no effect" in unused.output

@@ -15,7 +15,7 @@ from lbyl_onnx.api import AUTO_METHODS
 from lbyl_onnx.cli import main
 from lbyl_onnx.graph.io import load_model
 from lbyl_onnx.measure import SENSITIVITY_SAMPLES, SYNTHETIC_SAMPLES
-from lbyl_onnx.synthetic import synthetic_inputs
+from lbyl_onnx.synthetic import fit_normalisation, synthetic_inputs
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -49,7 +49,8 @@ def test_auto_picks_per_unit_the_method_whose_pruned_model_moves_least(name: str
         }
         best = min(errors, key=errors.__getitem__)
         assert chosen[unit.name] == best, (unit.name, errors)
-    assert report.mode == "data-free (methods chosen on synthetic inputs)"
+    scaled = fit_normalisation(model).describe()
+    assert report.mode == f"data-free (methods chosen on synthetic inputs scaled as {scaled})"
     assert len(set(chosen.values())) > 1  # the choice matters on these models
 
 
