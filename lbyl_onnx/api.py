@@ -19,6 +19,7 @@ from .errors import RewriteError, UsageError, ValidationFailed
 from .graph.io import check_output_path, load_model, save_model, serialized_size
 from .graph.record import record_statistics
 from .graph.rewrite import Plan, apply_plans
+from .graph.sequential import SequentialCalibration
 from .graph.shapes import (
     count_macs,
     count_parameters,
@@ -67,6 +68,9 @@ class PruneConfig:
     inputs; None: estimated from the model (:func:`lbyl_onnx.synthetic.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
     calibration_ridge: float = 1e-3
+    sequential: bool = False
+    """With calibration data and LBYL: solve units in graph order against the original's
+    activations, the earlier units pruned (:mod:`lbyl_onnx.graph.sequential`)."""
     bias_correction: bool | None = None
     """None: in depthwise groups only (:func:`corrects_bias`)."""
     judge: bool | None = None
@@ -101,6 +105,8 @@ class PruneConfig:
             raise UsageError(f"--min-keep {self.min_keep:g} is outside [0, 1]")
         if self.check_n < 1:
             raise UsageError("--check-n must be at least 1")
+        if self.sequential and (not self.calibration_data or self.method != "lbyl"):
+            raise UsageError("--sequential needs --calibration-data and --method lbyl")
         if self.input_range is not None and self.input_range not in CONVENTIONS:
             known = ", ".join(CONVENTIONS)
             raise UsageError(f"unknown --input-range '{self.input_range}' (choose from {known})")
@@ -182,6 +188,11 @@ def prune(
     else:
         counts = {u.name: _ratio_count(u, config) for u in units}
 
+    sequential = (
+        SequentialCalibration(work, calibration, config.prune_residual, config.calibration_ridge)
+        if config.sequential
+        else None
+    )
     plans: list[Plan] = []
     records: list[UnitRecord] = []
     for done, unit in enumerate(units):
@@ -191,6 +202,8 @@ def prune(
         recorded = statistics[unit.name] if statistics else None
         if config.method == "auto":
             method, solution = _choose(unit, kept, config, recorded, measurement)
+        elif sequential is not None and len(kept) < unit.channels:
+            method, solution = config.method, sequential.solve(unit, kept, plans)
         else:
             method, solution = config.method, _solve(unit, kept, config, recorded)
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
@@ -215,7 +228,7 @@ def prune(
         bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
     )
     mode = _mode(config, measurement)
-    del plans, units, statistics, measurement  # the weights as arrays: free them
+    del plans, units, statistics, measurement, sequential  # the weights as arrays: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
         check_model(work, full_check=True)
@@ -479,6 +492,8 @@ def _mode(config: PruneConfig, measurement: Measurement) -> str:
     count = len(next(iter(config.calibration_data.values())))
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
     solved = solved.get(config.method, config.method)
+    if config.sequential:
+        solved = f"sequential {solved}"
     return f"calibrated on {count} samples: {solved} + bias correction"
 
 

@@ -225,6 +225,13 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "compensation from measured activations, with bias correction.",
 )
 @click.option(
+    "--sequential",
+    is_flag=True,
+    help="With --calibration-data: solve the layers in graph order, each against the "
+    "original's activations with the earlier layers already pruned, so that it also undoes "
+    "what they lost. One onnxruntime pass over the data per layer: minutes on large models.",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -314,6 +321,7 @@ def _run(o: SimpleNamespace) -> int:
         input_range=o.input_range if o.input_range in (None, "imagenet") else f"[{o.input_range}]",
         calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
         bias_correction=o.bias_correction,
+        sequential=o.sequential,
         prune_residual=o.prune_residual,
     )
     show = sys.stderr.isatty() and not o.quiet

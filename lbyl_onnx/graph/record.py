@@ -7,8 +7,11 @@ memory is bounded by ``N x N`` per unit whatever the number of samples.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from .. import check
@@ -37,16 +40,24 @@ def record_statistics(
         del graph.output[count_outputs:]
     stats = {u.name: ActivationStats.empty(u.channels) for u in units}
     axis = {u.name: 1 if u.kind == "conv" else -1 for u in units}
-    count = len(next(iter(data.values())))
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
-    if count < step:
-        raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
-    last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
-    for start in range(0, last, step):
-        feeds = {name: value[start : start + step] for name, value in data.items()}
+    for feeds in batches(session, data, batch):
         values = dict(zip(tensors, session.run(tensors, feeds), strict=True))
         for unit in units:
             channels = np.moveaxis(values[unit.record], axis[unit.name], -1)
             stats[unit.name].add(channels.reshape(-1, unit.channels))
     return stats
+
+
+def batches(
+    session: ort.InferenceSession, data: dict[str, np.ndarray], batch: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """``data`` as feeds of ``batch`` samples (the model's own batch when it is fixed, whose
+    remainder is dropped)."""
+    count = len(next(iter(data.values())))
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    if count < step:
+        raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
+    last = count - step + 1 if step == fixed else count
+    for start in range(0, last, step):
+        yield {name: value[start : start + step] for name, value in data.items()}

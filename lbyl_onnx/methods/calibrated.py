@@ -78,3 +78,72 @@ def solve_calibrated(stats: ActivationStats, kept: np.ndarray, ridge: float = 1e
     baseline = float(np.sum(cov[removed, removed] + mu[removed] ** 2))
     residual = float(max(error, 0.0) / baseline) if baseline > 0 else 0.0
     return Solution(scaling, residual, offsets=offsets)
+
+
+@dataclass
+class CrossStats:
+    """Running moments of a unit's kept channels ``x`` (``m``), observed with the earlier
+    units already pruned, and of all its channels ``r`` (``N``) in the original model, on the
+    same samples and positions."""
+
+    x_total: np.ndarray  # (m,)
+    r_total: np.ndarray  # (N,)
+    xx: np.ndarray  # (m, m)
+    xr: np.ndarray  # (m, N)
+    rr: np.ndarray  # (N,): the diagonal of sum r r^T
+    count: int = 0
+
+    @classmethod
+    def empty(cls, kept: int, channels: int) -> CrossStats:
+        return cls(
+            np.zeros(kept),
+            np.zeros(channels),
+            np.zeros((kept, kept)),
+            np.zeros((kept, channels)),
+            np.zeros(channels),
+        )
+
+    def add(self, x: np.ndarray, r: np.ndarray) -> None:
+        """Accumulate paired observations given as rows (``k x m`` and ``k x N``)."""
+        x, r = x.astype(np.float64), r.astype(np.float64)
+        self.x_total += x.sum(axis=0)
+        self.r_total += r.sum(axis=0)
+        self.xx += x.T @ x
+        self.xr += x.T @ r
+        self.rr += np.einsum("ki,ki->i", r, r)
+        self.count += x.shape[0]
+
+
+def solve_sequential(stats: CrossStats, kept: np.ndarray, ridge: float = 1e-3) -> Solution:
+    """``S`` (every row, the kept channels' too) and offsets ``e`` that rebuild the original
+    channels from the kept ones as the pruned model computes them::
+
+        minimise over S, e:   E[|r - S x - e|^2] + lam |S|^2
+        S^T = (C_xx + lam I)^-1 C_xr,      e = mu_r - S mu_x
+
+    with ``C`` the (cross-)covariances over samples and positions and ``lam = ridge *
+    trace(C_xx) / m``. Where nothing upstream was pruned (``x = r_P``) the removed rows are
+    :func:`solve_calibrated`'s and the kept rows the identity, up to the ridge; otherwise the
+    kept rows also undo what the earlier units' removal changed in them.
+
+    ``residual`` is the error ``E[|r - S x - e|^2]`` relative to plain removal's
+    ``E[|r - P^T x|^2]`` (kept channels passed on as they are, removed ones dropped).
+    """
+    m = len(kept)
+    count = max(stats.count, 1)
+    mu_x, mu_r = stats.x_total / count, stats.r_total / count
+    cxx = stats.xx / count - np.outer(mu_x, mu_x)
+    cxr = stats.xr / count - np.outer(mu_x, mu_r)
+    lam = ridge * max(float(np.trace(cxx)) / max(m, 1), 1e-12)
+    coefficients = scipy.linalg.solve(cxx + lam * np.eye(m), cxr, assume_a="pos")  # m x N
+    scaling = coefficients.T
+    offsets = mu_r - scaling @ mu_x
+    crr = stats.rr / count - mu_r**2
+    # E[(r_i - s_i^T x - e_i)^2] = C_rr,ii - 2 s_i^T C_xr,i + s_i^T C_xx s_i
+    error = (
+        np.sum(crr) - 2 * np.sum(coefficients * cxr) + np.sum(coefficients * (cxx @ coefficients))
+    )
+    raw_rr, raw_xx, raw_xr = stats.rr / count, np.diag(stats.xx) / count, stats.xr / count
+    removal = np.sum(raw_rr) - 2 * np.sum(raw_xr[np.arange(m), kept]) + np.sum(raw_xx)
+    residual = float(max(error, 0.0) / removal) if removal > 0 else 0.0
+    return Solution(scaling, residual, offsets=offsets)

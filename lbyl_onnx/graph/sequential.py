@@ -1,0 +1,79 @@
+"""Sequential calibration: each unit solved against the original model's activations, with
+the units before it already pruned (``--sequential``).
+
+Calibration mode solves every unit on the original model's statistics, as if it were the only
+one pruned. In the pruned model, a unit's channels differ from the original's by what the
+earlier units' removal left uncompensated, and those errors compound with depth. Solving the
+units in graph order, each against the original's channels ``r`` from the kept channels ``x``
+as the model pruned so far computes them (:func:`~lbyl_onnx.methods.calibrated.
+solve_sequential`), lets every unit also undo what the earlier ones changed. It costs one
+onnxruntime pass of each model over the calibration data per unit; only moments are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .. import check
+from ..methods.base import Solution
+from ..methods.calibrated import CrossStats, solve_sequential
+from .record import batches
+from .rewrite import Plan, apply_plans
+from .shapes import infer_shapes
+from .units import Unit, find_units
+
+
+class SequentialCalibration:
+    """Solves units in graph order against ``original`` (never modified) on ``data``."""
+
+    def __init__(
+        self,
+        original: onnx.ModelProto,
+        data: dict[str, np.ndarray],
+        prune_residual: bool,
+        ridge: float,
+        batch: int = 16,
+    ):
+        self.original, self.data = original, data
+        self.prune_residual, self.ridge, self.batch = prune_residual, ridge, batch
+
+    def solve(self, unit: Unit, kept: np.ndarray, earlier: list[Plan]) -> Solution:
+        """``unit``'s solution, with the ``earlier`` plans (of units before it in the graph)
+        applied to the model its kept channels are observed in."""
+        stats = CrossStats.empty(len(kept), unit.channels)
+        axis = 1 if unit.kind == "conv" else -1
+        batches = zip(
+            self._outputs(self._probe([], unit.record), unit.record),
+            self._outputs(self._probe(earlier, unit.record), unit.record),
+            strict=True,
+        )
+        for original, current in batches:
+            r = np.moveaxis(original, axis, -1).reshape(-1, unit.channels)
+            x = np.moveaxis(current, axis, -1).reshape(-1, unit.channels)[:, kept]
+            stats.add(x, r)
+        return solve_sequential(stats, kept, self.ridge)
+
+    def _probe(self, plans: list[Plan], tensor: str) -> onnx.ModelProto:
+        """A copy of the original with ``plans`` applied (their units found again in it) and
+        ``tensor`` as its only output."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.original)
+        if plans:
+            found, _ = find_units(model, infer_shapes(model), self.prune_residual)
+            units = {u.name: u for u in found}
+            apply_plans(
+                model, [Plan(units[p.unit.name], p.kept, p.scaling, p.offsets) for p in plans]
+            )
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_empty_tensor_value_info(tensor))
+        return model
+
+    def _outputs(self, probe: onnx.ModelProto, tensor: str) -> Iterator[np.ndarray]:
+        """``tensor`` computed by ``probe`` on the data, one batch at a time."""
+        session = check.session(probe, optimised=True)
+        for feeds in batches(session, self.data, self.batch):
+            yield session.run([tensor], feeds)[0]
