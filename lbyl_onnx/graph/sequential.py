@@ -58,8 +58,8 @@ class SequentialCalibration:
         return solve_sequential(stats, kept, self.ridge)
 
     def _probe(self, plans: list[Plan], tensor: str) -> onnx.ModelProto:
-        """A copy of the original with ``plans`` applied (their units found again in it) and
-        ``tensor`` as its only output."""
+        """A copy of the original with ``plans`` applied (their units found again in it),
+        computing ``tensor`` only (:func:`_truncate`)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.original)
         if plans:
@@ -68,8 +68,7 @@ class SequentialCalibration:
             apply_plans(
                 model, [Plan(units[p.unit.name], p.kept, p.scaling, p.offsets) for p in plans]
             )
-        del model.graph.output[:]
-        model.graph.output.append(helper.make_empty_tensor_value_info(tensor))
+        _truncate(model.graph, tensor)
         return model
 
     def _outputs(self, probe: onnx.ModelProto, tensor: str) -> Iterator[np.ndarray]:
@@ -77,3 +76,27 @@ class SequentialCalibration:
         session = check.session(probe, optimised=True)
         for feeds in batches(session, self.data, self.batch):
             yield session.run([tensor], feeds)[0]
+
+
+def _truncate(graph: onnx.GraphProto, tensor: str) -> None:
+    """Make ``tensor`` the graph's only output and drop the nodes it does not depend on
+    (onnxruntime runs every node whatever the outputs asked for). A graph with control flow
+    (a node holding a subgraph, which may read outer tensors) keeps all its nodes."""
+    del graph.output[:]
+    graph.output.append(helper.make_empty_tensor_value_info(tensor))
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in graph.node
+        for a in node.attribute
+    ):
+        return
+    producer = {output: node for node in graph.node for output in node.output}
+    needed, stack = set(), [tensor]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(name for name in node.input if name)
+    kept = [node for node in graph.node if id(node) in needed]
+    del graph.node[:]
+    graph.node.extend(kept)
