@@ -32,7 +32,12 @@ from .graph.units import Declined, Unit, find_units
 from .measure import Measurement
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, solve_prune
 from .methods.base import offsets_from_means
-from .methods.calibrated import ActivationStats, solve_calibrated
+from .methods.calibrated import (
+    CALIBRATION_RIDGE,
+    SEQUENTIAL_RIDGE,
+    ActivationStats,
+    solve_calibrated,
+)
 from .methods.criteria import keep_best
 from .methods.judge import activation_errors, activation_samples, judged
 from .methods.moments import activation_means
@@ -67,7 +72,9 @@ class PruneConfig:
     """The image inputs' normalisation (one of ``synthetic.CONVENTIONS``) for synthetic
     inputs; None: estimated from the model (:func:`lbyl_onnx.synthetic.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
-    calibration_ridge: float = 1e-3
+    calibration_ridge: float | None = None
+    """The calibrated solvers' relative ridge; None: each solver's own (1e-3 independent,
+    :data:`~lbyl_onnx.methods.calibrated.SEQUENTIAL_RIDGE` sequential)."""
     sequential: bool = False
     """With calibration data and LBYL: solve units in graph order against the original's
     activations, the earlier units pruned (:mod:`lbyl_onnx.graph.sequential`)."""
@@ -189,7 +196,12 @@ def prune(
         counts = {u.name: _ratio_count(u, config) for u in units}
 
     sequential = (
-        SequentialCalibration(work, calibration, config.prune_residual, config.calibration_ridge)
+        SequentialCalibration(
+            work,
+            calibration,
+            config.prune_residual,
+            SEQUENTIAL_RIDGE if config.calibration_ridge is None else config.calibration_ridge,
+        )
         if config.sequential
         else None
     )
@@ -355,7 +367,8 @@ def _solve(
     note (:mod:`lbyl_onnx.methods.judge`)."""
     if statistics is not None:
         if config.method == "lbyl":
-            return solve_calibrated(statistics, kept, config.calibration_ridge)
+            ridge = config.calibration_ridge
+            return solve_calibrated(statistics, kept, CALIBRATION_RIDGE if ridge is None else ridge)
         solution = METHODS[config.method](unit.arrays, kept, config.options)
         solution.offsets = offsets_from_means(statistics.mean, solution.scaling, kept)
         return solution

@@ -28,9 +28,10 @@ TEST_SPLIT = SAMPLES / "digits_test.npz"
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(3, 10), st.integers(1, 9))
-def test_solution_is_the_ridge_least_squares_fit_of_the_original_channels(seed, n, m) -> None:
-    """Oracle: NumPy lstsq on the centred samples stacked over ``sqrt(lam) I`` (the ridge),
-    the offsets from the means; the residual recomputed on the samples."""
+def test_solution_is_the_least_squares_fit_pulled_toward_pass_through(seed, n, m) -> None:
+    """Oracle: NumPy lstsq on the centred samples stacked over ``sqrt(lam) I`` against
+    ``sqrt(lam) P`` (the pull toward pass-through), the offsets from the means; the residual
+    recomputed on the samples."""
     m = min(m, n)
     rng = np.random.default_rng(seed)
     r = rng.standard_normal((300, n)) @ rng.standard_normal((n, n)) + rng.normal(size=n)
@@ -39,13 +40,14 @@ def test_solution_is_the_ridge_least_squares_fit_of_the_original_channels(seed, 
     stats = CrossStats.empty(m, n)
     stats.add(x[:170], r[:170])
     stats.add(x[170:], r[170:])  # accumulating in pieces gives the same moments
-    ridge = 1e-3
+    ridge = 0.05
     solution = solve_sequential(stats, kept, ridge)
 
     xc, rc = x - x.mean(0), r - r.mean(0)
     lam = ridge * np.trace(xc.T @ xc / len(x)) / m
+    passthrough = np.eye(n)[kept]  # m x N
     design = np.vstack([xc / np.sqrt(len(x)), np.sqrt(lam) * np.eye(m)])
-    target = np.vstack([rc / np.sqrt(len(x)), np.zeros((m, n))])
+    target = np.vstack([rc / np.sqrt(len(x)), np.sqrt(lam) * passthrough])
     expected = np.linalg.lstsq(design, target, rcond=None)[0].T
     np.testing.assert_allclose(solution.scaling, expected, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(solution.offsets, r.mean(0) - expected @ x.mean(0), atol=1e-8)
@@ -61,16 +63,17 @@ def _calibration() -> dict[str, np.ndarray]:
 
 def test_the_first_unit_gets_calibration_modes_solution() -> None:
     """Nothing before it is pruned, so ``x = r_P``: the removed rows and their offsets are
-    those of the independent activation-space least squares, the kept rows the identity up to
-    the ridge."""
+    those of the independent activation-space least squares with the same ridge, the kept
+    rows the identity (the pull toward pass-through costs them nothing)."""
     model = onnx.load(SAMPLES / "digits_vgg_bn.onnx")
     data = _calibration()
     units, _ = list_units(model)
     first = units[0]
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
     removed = np.setdiff1d(np.arange(first.channels), kept)
-    solution = SequentialCalibration(model, data, False, 1e-3).solve(first, kept, [])
-    independent = solve_calibrated(record_statistics(model, [first], data)[first.name], kept)
+    solution = SequentialCalibration(model, data, False, 0.01).solve(first, kept, [])
+    stats = record_statistics(model, [first], data)[first.name]
+    independent = solve_calibrated(stats, kept, 0.01)
     np.testing.assert_allclose(
         solution.scaling[removed], independent.scaling[removed], rtol=1e-4, atol=1e-6
     )

@@ -20,7 +20,7 @@ from onnx import helper
 
 from .. import check
 from ..methods.base import Solution
-from ..methods.calibrated import CrossStats, solve_sequential
+from ..methods.calibrated import SEQUENTIAL_RIDGE, CrossStats, solve_sequential
 from .record import batches
 from .rewrite import Plan, apply_plans
 from .shapes import infer_shapes
@@ -35,7 +35,7 @@ class SequentialCalibration:
         original: onnx.ModelProto,
         data: dict[str, np.ndarray],
         prune_residual: bool,
-        ridge: float,
+        ridge: float = SEQUENTIAL_RIDGE,
         batch: int = 16,
     ):
         self.original, self.data = original, data

@@ -51,7 +51,13 @@ class ActivationStats:
         return self.outer / max(self.count, 1) - np.outer(mu, mu)
 
 
-def solve_calibrated(stats: ActivationStats, kept: np.ndarray, ridge: float = 1e-3) -> Solution:
+CALIBRATION_RIDGE = 1e-3
+"""Relative ridge of :func:`solve_calibrated`."""
+
+
+def solve_calibrated(
+    stats: ActivationStats, kept: np.ndarray, ridge: float = CALIBRATION_RIDGE
+) -> Solution:
     """``S`` and the offsets ``e`` of the activation-space least squares (module docstring).
 
     ``residual`` is ``sum_j E[(r_j - s_j^T r_P - e_j)^2]`` over the removed channels, relative
@@ -114,17 +120,29 @@ class CrossStats:
         self.count += x.shape[0]
 
 
-def solve_sequential(stats: CrossStats, kept: np.ndarray, ridge: float = 1e-3) -> Solution:
+SEQUENTIAL_RIDGE = 1e-2
+"""Relative weight of the pull toward plain pass-through in :func:`solve_sequential`.
+Measured (docs/benchmarks.md, "Sequential calibration"): with a pull toward zero instead,
+PP-OCRv4 calibrated on photos and evaluated on a text page lost more than it gained (error
+0.229 against 0.123 at 0.3); toward pass-through, 0.126."""
+
+
+def solve_sequential(
+    stats: CrossStats, kept: np.ndarray, ridge: float = SEQUENTIAL_RIDGE
+) -> Solution:
     """``S`` (every row, the kept channels' too) and offsets ``e`` that rebuild the original
     channels from the kept ones as the pruned model computes them::
 
-        minimise over S, e:   E[|r - S x - e|^2] + lam |S|^2
-        S^T = (C_xx + lam I)^-1 C_xr,      e = mu_r - S mu_x
+        minimise over S, e:   E[|r - S x - e|^2] + lam |S - P^T|^2
+        S^T = (C_xx + lam I)^-1 (C_xr + lam P),      e = mu_r - S mu_x
 
-    with ``C`` the (cross-)covariances over samples and positions and ``lam = ridge *
-    trace(C_xx) / m``. Where nothing upstream was pruned (``x = r_P``) the removed rows are
-    :func:`solve_calibrated`'s and the kept rows the identity, up to the ridge; otherwise the
-    kept rows also undo what the earlier units' removal changed in them.
+    with ``C`` the (cross-)covariances over samples and positions, ``P^T`` plain
+    pass-through (the identity on the kept rows, zero on the removed ones) and ``lam = ridge
+    * trace(C_xx) / m``. Where nothing upstream was pruned (``x = r_P``) the removed rows are
+    :func:`solve_calibrated`'s with the same ridge and the kept rows the identity; otherwise
+    the kept rows also undo what the earlier units' removal changed in them, as far as the
+    data supports it: the pull keeps them near the identity where it does not (calibration
+    data unlike the deployment data).
 
     ``residual`` is the error ``E[|r - S x - e|^2]`` relative to plain removal's
     ``E[|r - P^T x|^2]`` (kept channels passed on as they are, removed ones dropped).
@@ -135,7 +153,11 @@ def solve_sequential(stats: CrossStats, kept: np.ndarray, ridge: float = 1e-3) -
     cxx = stats.xx / count - np.outer(mu_x, mu_x)
     cxr = stats.xr / count - np.outer(mu_x, mu_r)
     lam = ridge * max(float(np.trace(cxx)) / max(m, 1), 1e-12)
-    coefficients = scipy.linalg.solve(cxx + lam * np.eye(m), cxr, assume_a="pos")  # m x N
+    passthrough = np.zeros_like(cxr)  # P: m x N
+    passthrough[np.arange(m), kept] = 1.0
+    coefficients = scipy.linalg.solve(
+        cxx + lam * np.eye(m), cxr + lam * passthrough, assume_a="pos"
+    )  # m x N
     scaling = coefficients.T
     offsets = mu_r - scaling @ mu_x
     crr = stats.rr / count - mu_r**2
