@@ -187,7 +187,11 @@ def prune(
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
     units = [u for u in units if u not in excluded]
-    statistics = record_statistics(work, units, calibration) if calibration and units else None
+    statistics = (  # sequential calibration records its own, unit by unit; budgets need these
+        record_statistics(work, units, calibration)
+        if calibration and units and (budgeted or not config.sequential)
+        else None
+    )
     measurement = Measurement(work, units, config, calibration)
     budget = None
     if budgeted:
@@ -214,7 +218,7 @@ def prune(
         recorded = statistics[unit.name] if statistics else None
         if config.method == "auto":
             method, solution = _choose(unit, kept, config, recorded, measurement)
-        elif sequential is not None and len(kept) < unit.channels:
+        elif sequential is not None:
             method, solution = config.method, sequential.solve(unit, kept, plans)
         else:
             method, solution = config.method, _solve(unit, kept, config, recorded)
@@ -228,7 +232,7 @@ def prune(
                 method=method,
                 residual=round(solution.residual, 6),
                 consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
-                notes=[*_unit_notes(unit, statistics), *solution.notes],
+                notes=[*_unit_notes(unit, calibration is not None), *solution.notes],
             )
         )
     if progress:
@@ -488,10 +492,10 @@ def _ratio_count(unit: Unit, config: PruneConfig) -> int:
     return min(m, unit.channels)
 
 
-def _unit_notes(unit: Unit, statistics: dict | None) -> list[str]:
+def _unit_notes(unit: Unit, calibrated: bool) -> list[str]:
     """The unit's notes; calibration observes the channels after any pooling, so the note
     that folding through a max-pool is approximate does not apply to it."""
-    if statistics is None:
+    if not calibrated:
         return unit.notes
     return [note for note in unit.notes if "approximate" not in note]
 

@@ -125,3 +125,18 @@ def test_sequential_needs_calibration_data_and_lbyl(tmp_path: Path, args) -> Non
     assert result.exit_code == 2, result.output
     assert "--sequential needs --calibration-data and --method lbyl" in result.output
     assert not out.exists()
+
+
+def test_under_a_budget_the_widths_are_calibration_modes() -> None:
+    """The budget's damage curves come from the independent calibrated solution (one pass
+    for all units); ``--sequential`` changes the coefficients, not the widths."""
+    model = onnx.load(SAMPLES / "digits_resnet.onnx")
+    widths = {}
+    for sequential in (False, True):
+        _, report = prune(
+            model, target_macs=0.7, calibration_data=_calibration(), sequential=sequential
+        )
+        widths[sequential] = [u.channels_after for u in report.units]
+        assert "damage measured on the calibration data" in report.budget
+    assert widths[True] == widths[False]
+    assert sum(widths[True]) < sum(u.channels for u in list_units(model)[0])

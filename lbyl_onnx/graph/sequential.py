@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from .. import check
-from ..methods.base import Solution
+from ..methods.base import Solution, identity_rows
 from ..methods.calibrated import SEQUENTIAL_RIDGE, CrossStats, solve_sequential
 from .record import batches
 from .rewrite import Plan, apply_plans
@@ -43,7 +43,10 @@ class SequentialCalibration:
 
     def solve(self, unit: Unit, kept: np.ndarray, earlier: list[Plan]) -> Solution:
         """``unit``'s solution, with the ``earlier`` plans (of units before it in the graph)
-        applied to the model its kept channels are observed in."""
+        applied to the model its kept channels are observed in. A unit that keeps every
+        channel is left as it is (nothing measured)."""
+        if len(kept) == unit.channels:
+            return Solution(identity_rows(unit.channels, kept), 0.0)
         stats = CrossStats.empty(len(kept), unit.channels)
         axis = 1 if unit.kind == "conv" else -1
         batches = zip(
