@@ -227,9 +227,10 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
 @click.option(
     "--sequential",
     is_flag=True,
-    help="With --calibration-data: solve the layers in graph order, each against the "
-    "original's activations with the earlier layers already pruned, so that it also undoes "
-    "what they lost. One onnxruntime pass over the data per layer: minutes on large models.",
+    help="With --calibration-data and --method lbyl: solve the layers in graph order, each "
+    "against the original's activations with the earlier layers already pruned, so that it "
+    "also undoes what they lost. Two onnxruntime passes over the data per layer "
+    "(EfficientNet-Lite0: about 80 s against 11 s).",
 )
 @click.option(
     "--report",

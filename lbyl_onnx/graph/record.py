@@ -58,6 +58,6 @@ def batches(
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch
     if count < step:
         raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
-    last = count - step + 1 if step == fixed else count
+    last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
     for start in range(0, last, step):
         yield {name: value[start : start + step] for name, value in data.items()}

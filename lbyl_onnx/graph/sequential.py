@@ -6,8 +6,9 @@ one pruned. In the pruned model, a unit's channels differ from the original's by
 earlier units' removal left uncompensated, and those errors compound with depth. Solving the
 units in graph order, each against the original's channels ``r`` from the kept channels ``x``
 as the model pruned so far computes them (:func:`~lbyl_onnx.methods.calibrated.
-solve_sequential`), lets every unit also undo what the earlier ones changed. It costs one
-onnxruntime pass of each model over the calibration data per unit; only moments are kept.
+solve_sequential`), lets every unit also undo what the earlier ones changed. It costs two
+onnxruntime passes over the calibration data per unit (the original and the model pruned so
+far, each computed only up to the unit); only moments are kept.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ class SequentialCalibration:
             return Solution(identity_rows(unit.channels, kept), 0.0)
         stats = CrossStats.empty(len(kept), unit.channels)
         axis = 1 if unit.kind == "conv" else -1
-        batches = zip(
+        pairs = zip(
             self._outputs(self._probe([], unit.record), unit.record),
             self._outputs(self._probe(earlier, unit.record), unit.record),
             strict=True,
         )
-        for original, current in batches:
+        for original, current in pairs:
             r = np.moveaxis(original, axis, -1).reshape(-1, unit.channels)
             x = np.moveaxis(current, axis, -1).reshape(-1, unit.channels)[:, kept]
             stats.add(x, r)
