@@ -503,8 +503,7 @@ def _unit_notes(unit: Unit, calibrated: bool) -> list[str]:
 def _mode(config: PruneConfig, measurement: Measurement) -> str:
     if not config.calibration_data:
         if config.method == "auto":
-            scaled = f" scaled as {measurement.scaling}" if measurement.scaling else ""
-            return f"data-free (methods chosen on synthetic inputs{scaled})"
+            return f"data-free (methods chosen on {measurement.synthetic})"
         return "data-free"
     count = len(next(iter(config.calibration_data.values())))
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}

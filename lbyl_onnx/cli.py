@@ -23,6 +23,7 @@ from .errors import (
 from .graph.io import check_output_path, write_text_atomic
 from .methods import CRITERIA
 from .report import UnitRecord, format_report, format_units
+from .synthetic import INPUT_RANGES
 
 EPILOG = """\b
 Examples:
@@ -198,7 +199,7 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
 )
 @click.option(
     "--input-range",
-    type=click.Choice(["0,1", "-1,1", "imagenet", "0,255"]),
+    type=click.Choice(list(INPUT_RANGES)),
     help="How the model's image inputs are normalised (pixels scaled to [0, 1] or [-1, 1], "
     "ImageNet mean/std, or raw [0, 255]), for the synthetic inputs of --target-macs and "
     "--method auto. Default: estimated from the model, as the report says.",
@@ -319,7 +320,7 @@ def _run(o: SimpleNamespace) -> int:
         check_n=o.check_n,
         input_shapes=dict(_parse_shape(t) for t in o.input_shape) or None,
         input_data=dict(_load_input_data(t) for t in o.input_data) or None,
-        input_range=o.input_range if o.input_range in (None, "imagenet") else f"[{o.input_range}]",
+        input_range=INPUT_RANGES.get(o.input_range),
         calibration_data=_load_calibration(o.calibration_path) if o.calibration_path else None,
         bias_correction=o.bias_correction,
         sequential=o.sequential,

@@ -51,8 +51,12 @@ class Measurement:
         synthetic images, the normalisation that scaled them and how it was chosen."""
         if self.calibration:
             return "the calibration data"
-        scaled = f" scaled as {self.scaling}" if self.scaling else ""
-        return f"{SYNTHETIC_SAMPLES} synthetic inputs{scaled}"
+        return f"{SYNTHETIC_SAMPLES} {self.synthetic}"
+
+    @property
+    def synthetic(self) -> str:
+        """``synthetic inputs``, with how they were scaled once known."""
+        return f"synthetic inputs scaled as {self.scaling}" if self.scaling else "synthetic inputs"
 
     @property
     def sensitivity_source(self) -> str:

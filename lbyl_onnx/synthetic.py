@@ -62,6 +62,9 @@ zero-centred like most conventions. A guess, not a measurement."""
 CONVENTIONS = ("[0,1]", "[-1,1]", "imagenet", "[0,255]")
 """The named input conventions :func:`convention` knows."""
 
+INPUT_RANGES = {"0,1": "[0,1]", "-1,1": "[-1,1]", "imagenet": "imagenet", "0,255": "[0,255]"}
+"""``--input-range`` values (free of shell glob brackets) and the conventions they name."""
+
 
 def convention(name: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, shift)`` per channel of a named convention, applied to ``[0, 1]`` images:

@@ -40,6 +40,7 @@ from benchmark import headline, latency_feeds, latency_ms
 import lbyl_onnx
 from lbyl_onnx.errors import UsageError
 from lbyl_onnx.graph.io import load_model
+from lbyl_onnx.synthetic import INPUT_RANGES
 
 BUDGETS = (0.9, 0.7, 0.5)
 
@@ -91,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--models", help="comma-separated subset")
     parser.add_argument("--round-to", type=int, default=8)
-    parser.add_argument("--input-range", choices=["0,1", "-1,1", "imagenet", "0,255"])
+    parser.add_argument("--input-range", choices=list(INPUT_RANGES))
     args = parser.parse_args(argv)
-    input_range = args.input_range and (
-        args.input_range if args.input_range == "imagenet" else f"[{args.input_range}]"
-    )
+    input_range = INPUT_RANGES.get(args.input_range)
     models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
     if args.models:
         models = [m for m in models if m.name in args.models.split(",")]

@@ -385,10 +385,11 @@ def test_merging_restores_positive_multiples_exactly_in_relu_network(data):
     assert sol.residual <= 1e-12  # the residual comes from the Gram matrix: float64 cancellation
 
 
-@given(restorable(linear=False))
-def test_lbyl_restores_positive_multiples_exactly_in_relu_network(data):
+@pytest.mark.parametrize("solve", [solve_lbyl, solve_lbyl_nn], ids=["lbyl", "lbyl-nn"])
+@given(data=restorable(linear=False))
+def test_lbyl_restores_positive_multiples_exactly_in_relu_network(solve, data):
     layer, kept, rng, coeffs = data
-    sol = solve_lbyl(layer, kept, MethodOptions(ridge=1e-12))
+    sol = solve(layer, kept, MethodOptions(ridge=1e-12))
     removed = removed_of(layer.channels, kept)
     if len(removed):
         assert rel_err(sol.scaling[removed], coeffs) <= 1e-5
@@ -713,17 +714,6 @@ def test_lbyl_nn_objective_lies_between_lbyl_and_merging_and_removal(case, optio
         assert objective(wt, bt, kept, j, lbyl.scaling[j], lam1, lam2) <= value + scale
         assert value <= objective(wt, bt, kept, j, nm.scaling[j], lam1, lam2) + scale
         assert value <= objective(wt, bt, kept, j, np.zeros(len(kept)), lam1, lam2) + scale
-
-
-@given(restorable(linear=False))
-def test_lbyl_nn_restores_positive_multiples_exactly_in_relu_network(data):
-    layer, kept, rng, coeffs = data
-    sol = solve_lbyl_nn(layer, kept, MethodOptions(ridge=1e-12))
-    removed = removed_of(layer.channels, kept)
-    if len(removed):
-        assert rel_err(sol.scaling[removed], coeffs) <= 1e-5
-    y, y_new = relu_network_outputs(layer, kept, sol.scaling, rng)
-    assert np.abs(y_new - y).max() <= 1e-5 * max(np.abs(y).max(), 1.0)
 
 
 def test_a_nonnegative_combination_is_exact_where_the_kept_channels_agree_in_sign():
