@@ -202,6 +202,7 @@ def prune(
     sequential = (
         SequentialCalibration(
             work,
+            [u for u in units if counts[u.name] < u.channels],
             calibration,
             config.prune_residual,
             SEQUENTIAL_RIDGE if config.calibration_ridge is None else config.calibration_ridge,

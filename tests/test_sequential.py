@@ -11,11 +11,14 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import dense_net, ort_outputs
+from models import conv_net, dense_net, ort_outputs, two_branches
+from onnx import helper, numpy_helper
 
-from lbyl_onnx import list_units, prune
+from lbyl_onnx import check, list_units, prune
 from lbyl_onnx.cli import main
+from lbyl_onnx.graph import sequential as sequential_module
 from lbyl_onnx.graph.record import record_statistics
+from lbyl_onnx.graph.rewrite import Plan
 from lbyl_onnx.graph.sequential import SequentialCalibration
 from lbyl_onnx.methods import kept_count
 from lbyl_onnx.methods.calibrated import CrossStats, solve_calibrated, solve_sequential
@@ -71,7 +74,7 @@ def test_the_first_unit_gets_calibration_modes_solution() -> None:
     first = units[0]
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
     removed = np.setdiff1d(np.arange(first.channels), kept)
-    solution = SequentialCalibration(model, data, False, 0.01).solve(first, kept, [])
+    solution = SequentialCalibration(model, [first], data, False, 0.01).solve(first, kept, [])
     stats = record_statistics(model, [first], data)[first.name]
     independent = solve_calibrated(stats, kept, 0.01)
     np.testing.assert_allclose(
@@ -140,3 +143,113 @@ def test_under_a_budget_the_widths_are_calibration_modes() -> None:
         assert "damage measured on the calibration data" in report.budget
     assert widths[True] == widths[False]
     assert sum(widths[True]) < sum(u.channels for u in list_units(model)[0])
+
+
+def _solve_all(
+    model: onnx.ModelProto, data: dict[str, np.ndarray], monkeypatch, **options
+) -> tuple[list[Plan], list[int]]:
+    """Every unit solved in order at 30%, as ``prune`` does; and how many nodes each
+    onnxruntime session held."""
+    held = []
+    session = check.session
+    monkeypatch.setattr(
+        check, "session", lambda m, **kw: held.append(len(m.graph.node)) or session(m, **kw)
+    )
+    units, _ = list_units(model)
+    calibration = SequentialCalibration(model, units, data, False, **options)
+    plans: list[Plan] = []
+    for unit in units:
+        kept = keep_best(unit.arrays.weight, kept_count(unit.channels, 0.3), "l2")
+        solution = calibration.solve(unit, kept, plans)
+        plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
+    monkeypatch.setattr(check, "session", session)
+    return plans, held
+
+
+def _if_appended(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with an ``If`` node passing its first output on (control flow: a subgraph
+    may read any outer tensor)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    name = graph.output[0].name
+    branch = helper.make_graph(
+        [helper.make_node("Identity", [name], ["passed"])],
+        "branch",
+        [],
+        [helper.make_empty_tensor_value_info("passed")],
+    )
+    graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    graph.node.append(
+        helper.make_node("If", ["cond"], ["routed"], then_branch=branch, else_branch=branch)
+    )
+    graph.output.append(helper.make_empty_tensor_value_info("routed"))
+    return model
+
+
+FRONTIER_CASES = {
+    "residual": (lambda: onnx.load(SAMPLES / "digits_resnet.onnx"), True),
+    "depthwise": (lambda: onnx.load(SAMPLES / "digits_mbv2.onnx"), True),
+    "listed initializers": (
+        lambda: conv_net(channels=(3, 8, 8, 8), bn="kept", list_initializers=True),
+        True,
+    ),
+    "two branches": (lambda: two_branches(False, False), False),
+}
+
+
+@pytest.mark.parametrize("case", FRONTIER_CASES)
+def test_starting_from_the_frontier_changes_nothing(case: str, monkeypatch) -> None:
+    """Oracle: the same solutions computed with nothing held between passes (every pass
+    from the model's inputs, one unit's originals per pass); on chains, the frontier makes
+    the passes smaller."""
+    build, saves = FRONTIER_CASES[case]
+    model = build()
+    if case.startswith("digits"):
+        data = _calibration()
+    else:
+        shape = [64, *model.graph.input[0].type.tensor_type.shape.dim[1:]]
+        dims = [shape[0], *(d.dim_value for d in shape[1:])]
+        data = {model.graph.input[0].name: np.random.default_rng(0).standard_normal(dims)}
+        data = {k: v.astype(np.float32) for k, v in data.items()}
+    plans, held = _solve_all(model, data, monkeypatch)
+    alone, held_alone = _solve_all(model, data, monkeypatch, stored_bytes=0)
+    for plan, expected in zip(plans, alone, strict=True):  # float32 passes cut differently
+        np.testing.assert_allclose(plan.scaling, expected.scaling, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(plan.offsets, expected.offsets, rtol=1e-4, atol=1e-5)
+    assert (sum(held) < sum(held_alone)) == saves, (held, held_alone)
+
+
+def test_with_control_flow_every_pass_starts_from_the_inputs(monkeypatch) -> None:
+    """A subgraph may read any tensor, so nothing is cut or held; the solutions are those of
+    the same model without the ``If`` node."""
+    model = onnx.load(SAMPLES / "digits_resnet.onnx")
+    plans, _ = _solve_all(model, _calibration(), monkeypatch)
+    routed, held = _solve_all(_if_appended(model), _calibration(), monkeypatch)
+    assert set(held) == {len(model.graph.node) + 1}
+    for plan, expected in zip(routed, plans, strict=True):
+        np.testing.assert_allclose(plan.scaling, expected.scaling, rtol=1e-5, atol=1e-6)
+
+
+def test_both_models_are_observed_at_the_same_sampled_positions(monkeypatch) -> None:
+    """With 5 of the 16 positions of digits_vgg_bn's first unit sampled per image: nothing
+    before it is pruned, so ``x = r_P`` at every observed row exactly when the rows pair up,
+    and the kept rows of ``S`` are the identity; the solver sees samples x 5 rows."""
+    model = onnx.load(SAMPLES / "digits_vgg_bn.onnx")
+    data = _calibration()
+    first = list_units(model)[0][0]
+    seen = []
+    solve = sequential_module.solve_sequential
+    monkeypatch.setattr(
+        sequential_module,
+        "solve_sequential",
+        lambda stats, kept, ridge: seen.append(stats.count) or solve(stats, kept, ridge),
+    )
+    kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
+    calibration = SequentialCalibration(model, [first], data, False, positions=5)
+    solution = calibration.solve(first, kept, [])
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.append(helper.make_empty_tensor_value_info(first.record))
+    record = ort_outputs(probe, {"input": data["input"][:1]})[-1]
+    assert record[0, 0].size > 5
+    assert seen == [len(data["input"]) * 5]
+    np.testing.assert_allclose(solution.scaling[kept], np.eye(len(kept)), atol=1e-5)

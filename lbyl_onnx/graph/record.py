@@ -51,13 +51,18 @@ def record_statistics(
 def batches(
     session: ort.InferenceSession, data: dict[str, np.ndarray], batch: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """``data`` as feeds of ``batch`` samples (the model's own batch when it is fixed, whose
-    remainder is dropped)."""
+    """``data`` as feeds of ``batch`` samples (:func:`batch_slices`)."""
     count = len(next(iter(data.values())))
+    for part in batch_slices(session, count, batch):
+        yield {name: value[part] for name, value in data.items()}
+
+
+def batch_slices(session: ort.InferenceSession, count: int, batch: int) -> list[slice]:
+    """``count`` samples in slices of ``batch`` (the model's own batch when it is fixed,
+    whose remainder is dropped)."""
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch
     if count < step:
         raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
     last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
-    for start in range(0, last, step):
-        yield {name: value[start : start + step] for name, value in data.items()}
+    return [slice(start, min(start + step, count)) for start in range(0, last, step)]

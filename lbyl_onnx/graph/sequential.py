@@ -6,14 +6,25 @@ one pruned. In the pruned model, a unit's channels differ from the original's by
 earlier units' removal left uncompensated, and those errors compound with depth. Solving the
 units in graph order, each against the original's channels ``r`` from the kept channels ``x``
 as the model pruned so far computes them (:func:`~lbyl_onnx.methods.calibrated.
-solve_sequential`), lets every unit also undo what the earlier ones changed. It costs two
-onnxruntime passes over the calibration data per unit (the original and the model pruned so
-far, each computed only up to the unit); only moments are kept.
+solve_sequential`), lets every unit also undo what the earlier ones changed.
+
+What it runs in onnxruntime, over the calibration data:
+
+- the original, recording ``r`` for as many units as :data:`STORED_BYTES` holds per pass (one
+  pass when they all fit), at :data:`POSITIONS` sampled spatial positions per sample;
+- per unit, the model pruned so far, up to the unit only and from the tensors the previous
+  passes left: a later plan changes only its own producers and what lies downstream of them,
+  so a tensor computed without them is still valid once they are applied. Those tensors
+  (the frontier between what is final and what a later plan may change) are kept while they
+  fit in :data:`STORED_BYTES`; beyond it the pass starts from the model's inputs.
+
+``x`` is observed at the positions ``r`` was; only moments are kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -22,48 +33,172 @@ from onnx import helper
 from .. import check
 from ..methods.base import Solution, identity_rows
 from ..methods.calibrated import SEQUENTIAL_RIDGE, CrossStats, solve_sequential
-from .record import batches
+from .record import batch_slices
 from .rewrite import Plan, apply_plans
 from .shapes import infer_shapes
 from .units import Unit, find_units
 
+POSITIONS = 256
+"""Spatial positions per sample at which a unit's channels are observed, drawn at random
+without replacement (all of them where there are fewer)."""
+
+STORED_BYTES = 256 * 2**20
+"""The most bytes held at once of the original's sampled activations, and of the pruned
+model's frontier tensors."""
+
 
 class SequentialCalibration:
-    """Solves units in graph order against ``original`` (never modified) on ``data``."""
+    """Solves ``units`` (those to be pruned, in graph order) against ``original`` (never
+    modified) on ``data``."""
 
     def __init__(
         self,
         original: onnx.ModelProto,
+        units: list[Unit],
         data: dict[str, np.ndarray],
         prune_residual: bool,
         ridge: float = SEQUENTIAL_RIDGE,
         batch: int = 16,
+        positions: int = POSITIONS,
+        stored_bytes: int = STORED_BYTES,
     ):
-        self.original, self.data = original, data
+        self.original, self.units, self.data = original, units, data
         self.prune_residual, self.ridge, self.batch = prune_residual, ridge, batch
+        self.positions, self.stored_bytes = positions, stored_bytes
+        self._slices: list[slice] = []  # the batches, the same in every pass
+        self._chosen: dict[str, np.ndarray | None] = {}  # sampled positions per unit
+        self._rows_per_sample: dict[str, int] = {}
+        self._recorded: dict[str, list[np.ndarray]] = {}  # r's sampled rows, per batch
+        self._frontier: dict[str, list[np.ndarray]] = {}  # pruned model's tensors, per batch
+        self._final: set[str] = set()  # nodes (by first output) no later plan changes
+        self._cacheable = not _has_subgraphs(original.graph)
 
     def solve(self, unit: Unit, kept: np.ndarray, earlier: list[Plan]) -> Solution:
-        """``unit``'s solution, with the ``earlier`` plans (of units before it in the graph)
+        """``unit``'s solution, with the ``earlier`` plans (of the units before it, in order)
         applied to the model its kept channels are observed in. A unit that keeps every
         channel is left as it is (nothing measured)."""
         if len(kept) == unit.channels:
             return Solution(identity_rows(unit.channels, kept), 0.0)
+        if unit.name not in self._recorded:
+            self._record_original(unit)
+        recorded = self._recorded.pop(unit.name)
         stats = CrossStats.empty(len(kept), unit.channels)
-        axis = 1 if unit.kind == "conv" else -1
-        pairs = zip(
-            self._outputs(self._probe([], unit.record), unit.record),
-            self._outputs(self._probe(earlier, unit.record), unit.record),
-            strict=True,
-        )
-        for original, current in pairs:
-            r = np.moveaxis(original, axis, -1).reshape(-1, unit.channels)
-            x = np.moveaxis(current, axis, -1).reshape(-1, unit.channels)[:, kept]
-            stats.add(x, r)
+
+        def add(index: int, values: np.ndarray) -> None:
+            x = self._rows(unit, values, self._slices[index].start)[:, kept]
+            stats.add(x, recorded[index])
+
+        self._current(unit, earlier, add)
         return solve_sequential(stats, kept, self.ridge)
 
-    def _probe(self, plans: list[Plan], tensor: str) -> onnx.ModelProto:
-        """A copy of the original with ``plans`` applied (their units found again in it),
-        computing ``tensor`` only (:func:`_truncate`)."""
+    def _record_original(self, first: Unit) -> None:
+        """One pass of the original recording ``r`` for ``first`` and as many of the units
+        after it as fit in :attr:`stored_bytes` (``first`` always)."""
+        if not self._slices:
+            self._sample_positions()
+        count = sum(s.stop - s.start for s in self._slices)
+        names = [u.name for u in self.units]
+        window, size = [], 0
+        for unit in self.units[names.index(first.name) :]:
+            size += count * self._rows_per_sample[unit.name] * unit.channels * 4
+            if window and size > self.stored_bytes:
+                break
+            window.append(unit)
+        tensors = sorted({u.record for u in window})
+        self._recorded.update({u.name: [] for u in window})
+        for part, values in zip(self._slices, self._run([], tensors), strict=True):
+            named = dict(zip(tensors, values, strict=True))
+            for unit in window:
+                rows = self._rows(unit, named[unit.record], part.start)
+                self._recorded[unit.name].append(rows.astype(np.float32))
+
+    def _sample_positions(self) -> None:
+        """The batches, every unit's spatial size (from the original's outputs on the first
+        batch) and the positions observed in each sample (None: all)."""
+        tensors = sorted({u.record for u in self.units})
+        model = _cut(self._pruned([]), tensors)
+        session = check.session(model, optimised=True)
+        count = len(next(iter(self.data.values())))
+        self._slices = batch_slices(session, count, self.batch)
+        first = {name: value[self._slices[0]] for name, value in self.data.items()}
+        feeds = {i.name: first[i.name] for i in session.get_inputs() if i.name in first}
+        named = dict(zip(tensors, session.run(tensors, feeds), strict=True))
+        rng = np.random.default_rng(0)
+        for unit in self.units:
+            value = named[unit.record]
+            spatial = value.size // (value.shape[0] * unit.channels)
+            self._rows_per_sample[unit.name] = min(spatial, self.positions)
+            if spatial <= self.positions:
+                self._chosen[unit.name] = None
+                continue
+            ranks = rng.random((count, spatial))
+            chosen = np.argpartition(ranks, self.positions, axis=1)[:, : self.positions]
+            self._chosen[unit.name] = np.sort(chosen, axis=1)
+
+    def _rows(self, unit: Unit, values: np.ndarray, start: int) -> np.ndarray:
+        """``unit``'s channels in ``values`` (samples ``start`` onward) as rows, one per
+        sample and sampled position."""
+        b = values.shape[0]
+        if unit.kind == "conv":  # samples x channels x positions
+            grid = values.reshape(b, unit.channels, -1)
+        else:
+            grid = np.swapaxes(values.reshape(b, -1, unit.channels), 1, 2)
+        chosen = self._chosen.get(unit.name)
+        if chosen is not None:
+            grid = np.take_along_axis(grid, chosen[start : start + b, None, :], axis=2)
+        return np.swapaxes(grid, 1, 2).reshape(-1, unit.channels)
+
+    def _current(
+        self, unit: Unit, earlier: list[Plan], each: Callable[[int, np.ndarray], None]
+    ) -> None:
+        """``unit.record`` in the model pruned by ``earlier``, passed to ``each`` batch by
+        batch, computed from the frontier the previous passes left; the frontier is then
+        moved past what this pass computed, where it fits in :attr:`stored_bytes`."""
+        if not self._cacheable:
+            for index, (values,) in enumerate(self._run(earlier, [unit.record])):
+                each(index, values)
+            return
+        model = self._pruned(earlier)
+        graph = model.graph
+        names = [u.name for u in self.units]
+        changing = _downstream(graph, self.units[names.index(unit.name) :])
+        consumers: dict[str, list[str]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                consumers[name].append(node.output[0])
+        computed = _needed_nodes(graph, [unit.record], set(self._frontier))
+        final = (self._final | {n.output[0] for n in computed}) - changing
+
+        def needed(tensor: str, final: set[str]) -> bool:
+            return any(c not in final for c in consumers.get(tensor, ()))
+
+        new = [
+            t
+            for node in computed
+            if node.output[0] not in changing
+            for t in node.output
+            if t and t not in self._frontier and needed(t, final)
+        ]
+        given = {t for node in computed for t in node.input} & set(self._frontier)
+        model = _cut(model, [unit.record, *new], {t: self._frontier[t][0] for t in given})
+        held = sum(v.nbytes for values in self._frontier.values() for v in values)
+        store: dict[str, list[np.ndarray]] | None = {t: [] for t in new}
+        for index, values in enumerate(self._run(model, [unit.record, *new], given)):
+            each(index, values[0])
+            if index == 0 and held + sum(v.nbytes for v in values[1:]) * len(self._slices) > (
+                self.stored_bytes
+            ):
+                store = None
+            if store is not None:
+                for tensor, value in zip(new, values[1:], strict=True):
+                    store[tensor].append(value)
+        if store is not None:
+            self._frontier.update(store)
+            self._final = final
+        self._frontier = {t: v for t, v in self._frontier.items() if needed(t, self._final)}
+
+    def _pruned(self, plans: list[Plan]) -> onnx.ModelProto:
+        """A copy of the original with ``plans`` applied (their units found again in it)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.original)
         if plans:
@@ -72,35 +207,98 @@ class SequentialCalibration:
             apply_plans(
                 model, [Plan(units[p.unit.name], p.kept, p.scaling, p.offsets) for p in plans]
             )
-        _truncate(model.graph, tensor)
         return model
 
-    def _outputs(self, probe: onnx.ModelProto, tensor: str) -> Iterator[np.ndarray]:
-        """``tensor`` computed by ``probe`` on the data, one batch at a time."""
-        session = check.session(probe, optimised=True)
-        for feeds in batches(session, self.data, self.batch):
-            yield session.run([tensor], feeds)[0]
+    def _run(
+        self, plans_or_model: list[Plan] | onnx.ModelProto, tensors: list[str], given=()
+    ) -> Iterator[list[np.ndarray]]:
+        """``tensors``, batch by batch, computed by a model: the original with ``plans``
+        applied and cut to them, or a model already cut, fed the frontier tensors
+        ``given``."""
+        model = plans_or_model
+        if isinstance(model, list):
+            model = _cut(self._pruned(model), tensors)
+        session = check.session(model, optimised=True)
+        inputs = [i.name for i in session.get_inputs()]
+        for index, part in enumerate(self._slices):
+            feeds = {
+                name: self._frontier[name][index] if name in given else self.data[name][part]
+                for name in inputs
+                if name in given or name in self.data
+            }
+            yield session.run(tensors, feeds)
 
 
-def _truncate(graph: onnx.GraphProto, tensor: str) -> None:
-    """Make ``tensor`` the graph's only output and drop the nodes it does not depend on
-    (onnxruntime runs every node whatever the outputs asked for). A graph with control flow
-    (a node holding a subgraph, which may read outer tensors) keeps all its nodes."""
-    del graph.output[:]
-    graph.output.append(helper.make_empty_tensor_value_info(tensor))
-    if any(
+def _has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node holds a subgraph (control flow, which may read outer tensors)."""
+    return any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
         for node in graph.node
         for a in node.attribute
-    ):
-        return
+    )
+
+
+def _needed_nodes(
+    graph: onnx.GraphProto, tensors: list[str], given: set[str] = frozenset()
+) -> list[onnx.NodeProto]:
+    """The nodes ``tensors`` depend on, in graph order, not looking past the tensors in
+    ``given``. Every node where the graph has control flow."""
+    if _has_subgraphs(graph):
+        return list(graph.node)
     producer = {output: node for node in graph.node for output in node.output}
-    needed, stack = set(), [tensor]
+    needed, stack = set(), list(tensors)
     while stack:
-        node = producer.get(stack.pop())
+        name = stack.pop()
+        node = producer.get(name) if name not in given else None
         if node is not None and id(node) not in needed:
             needed.add(id(node))
             stack.extend(name for name in node.input if name)
-    kept = [node for node in graph.node if id(node) in needed]
+    return [node for node in graph.node if id(node) in needed]
+
+
+def _cut(
+    model: onnx.ModelProto, tensors: list[str], given: dict[str, np.ndarray] | None = None
+) -> onnx.ModelProto:
+    """``model`` (edited in place) computing only ``tensors``, from its inputs and the
+    tensors ``given`` (by an example value), which become inputs: onnxruntime runs every
+    node whatever the outputs asked for."""
+    given = given or {}
+    graph = model.graph
+    nodes = _needed_nodes(graph, tensors, set(given))
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(nodes)
+    read = {name for node in nodes for name in node.input}
+    inputs = [i for i in graph.input if i.name in read and i.name not in given]
+    inputs += [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
+        for name, value in given.items()
+    ]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    shapes = [v for v in graph.value_info if v.name not in given]
+    del graph.value_info[:]
+    graph.value_info.extend(shapes)
+    del graph.output[:]
+    graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors)
+    return model
+
+
+def _downstream(graph: onnx.GraphProto, units: list[Unit]) -> set[str]:
+    """The nodes (by first output) that the plans of ``units`` may change: their producers
+    and everything downstream of them. (A rewrite gives every constant it changes a fresh
+    name, or edits in place one that no other node reads: units whose constants are shared
+    are declined.)"""
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    starts = {p.output[0] for u in units for p in u.producers}
+    roots = [node for node in graph.node if node.output[0] in starts]
+    reached: dict[str, onnx.NodeProto] = {}
+    while roots:
+        node = roots.pop()
+        if node.output[0] in reached:
+            continue
+        reached[node.output[0]] = node
+        roots.extend(c for t in node.output for c in consumers.get(t, ()))
+    return set(reached)
