@@ -75,9 +75,10 @@ class PruneConfig:
     calibration_ridge: float | None = None
     """The calibrated solvers' relative ridge; None: each solver's own (1e-3 independent,
     :data:`~lbyl_onnx.methods.calibrated.SEQUENTIAL_RIDGE` sequential)."""
-    sequential: bool = False
+    sequential: bool | None = None
     """With calibration data and LBYL: solve units in graph order against the original's
-    activations, the earlier units pruned (:mod:`lbyl_onnx.graph.sequential`)."""
+    activations, the earlier units pruned (:mod:`lbyl_onnx.graph.sequential`); False: each
+    unit on the original's activations alone. None: wherever it applies."""
     bias_correction: bool | None = None
     """None: in depthwise groups only (:func:`corrects_bias`)."""
     judge: bool | None = None
@@ -112,12 +113,19 @@ class PruneConfig:
             raise UsageError(f"--min-keep {self.min_keep:g} is outside [0, 1]")
         if self.check_n < 1:
             raise UsageError("--check-n must be at least 1")
-        if self.sequential and (not self.calibration_data or self.method != "lbyl"):
-            raise UsageError("--sequential needs --calibration-data and --method lbyl")
+        if self.sequential is not None and (not self.calibration_data or self.method != "lbyl"):
+            flag = "--sequential" if self.sequential else "--independent"
+            raise UsageError(f"{flag} needs --calibration-data and --method lbyl")
         if self.input_range is not None and self.input_range not in CONVENTIONS:
             known = ", ".join(CONVENTIONS)
             raise UsageError(f"unknown --input-range '{self.input_range}' (choose from {known})")
         return self
+
+    @property
+    def solves_sequentially(self) -> bool:
+        """Whether units are solved in graph order (:attr:`sequential`, resolved)."""
+        applies = self.calibration_data is not None and self.method == "lbyl"
+        return applies if self.sequential is None else self.sequential
 
 
 def summarize(
@@ -189,7 +197,7 @@ def prune(
     units = [u for u in units if u not in excluded]
     statistics = (  # sequential calibration records its own, unit by unit; budgets need these
         record_statistics(work, units, calibration)
-        if calibration and units and (budgeted or not config.sequential)
+        if calibration and units and (budgeted or not config.solves_sequentially)
         else None
     )
     measurement = Measurement(work, units, config, calibration)
@@ -207,7 +215,7 @@ def prune(
             config.prune_residual,
             SEQUENTIAL_RIDGE if config.calibration_ridge is None else config.calibration_ridge,
         )
-        if config.sequential
+        if config.solves_sequentially
         else None
     )
     plans: list[Plan] = []
@@ -509,8 +517,10 @@ def _mode(config: PruneConfig, measurement: Measurement) -> str:
     count = len(next(iter(config.calibration_data.values())))
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
     solved = solved.get(config.method, config.method)
-    if config.sequential:
+    if config.solves_sequentially:
         solved = f"sequential {solved}"
+    elif config.method == "lbyl":
+        solved = f"independent {solved}"
     return f"calibrated on {count} samples: {solved} + bias correction"
 
 

@@ -37,7 +37,8 @@ import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
 
 METHODS = ("prune", "nm", "lbyl", "lbyl-nn", "lbyl+cal")
-"""``lbyl+cal``: calibration mode with 256 unlabelled inputs disjoint from the evaluation."""
+"""``lbyl+cal``: calibration mode (its default, sequential) with 256 unlabelled inputs disjoint
+from the evaluation."""
 CALIBRATION_SAMPLES = 256
 PLOTS = ROOT / "docs" / "plots"
 

@@ -3,6 +3,7 @@ original's activations, with the earlier units already pruned."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,14 +121,36 @@ def test_sequential_keeps_more_agreement_than_independent_calibration(name: str)
 
 @pytest.mark.parametrize(
     "args",
-    [["--sequential"], ["--sequential", "--calibration-data", str(CALIBRATION), "--method", "nm"]],
+    [
+        ["--sequential"],
+        ["--independent"],
+        ["--sequential", "--calibration-data", str(CALIBRATION), "--method", "nm"],
+        ["--independent", "--calibration-data", str(CALIBRATION), "--method", "auto"],
+    ],
 )
-def test_sequential_needs_calibration_data_and_lbyl(tmp_path: Path, args) -> None:
+def test_the_solving_order_needs_calibration_data_and_lbyl(tmp_path: Path, args) -> None:
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(main, [str(SAMPLES / "digits_vgg_bn.onnx"), str(out), *args])
     assert result.exit_code == 2, result.output
-    assert "--sequential needs --calibration-data and --method lbyl" in result.output
+    assert f"{args[0]} needs --calibration-data and --method lbyl" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, mode",
+    [
+        ([], "sequential activation-space least squares"),
+        (["--independent"], "independent activation-space least squares"),
+        (["--method", "nm"], "calibrated on 256 samples: nm + bias correction"),
+    ],
+)
+def test_calibration_mode_is_sequential_unless_told(tmp_path: Path, args, mode: str) -> None:
+    """The report's mode line names the solution; the JSON report carries it."""
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    paths = [str(SAMPLES / "digits_vgg_bn.onnx"), str(out), "--report", str(report)]
+    result = CliRunner().invoke(main, [*paths, "--calibration-data", str(CALIBRATION), "-q", *args])
+    assert result.exit_code == 0, result.output
+    assert mode in json.loads(report.read_text())["mode"]
 
 
 def test_under_a_budget_the_widths_are_calibration_modes() -> None:
@@ -212,7 +235,7 @@ def test_starting_from_the_frontier_changes_nothing(case: str, monkeypatch) -> N
         data = {model.graph.input[0].name: np.random.default_rng(0).standard_normal(dims)}
         data = {k: v.astype(np.float32) for k, v in data.items()}
     plans, held = _solve_all(model, data, monkeypatch)
-    alone, held_alone = _solve_all(model, data, monkeypatch, stored_bytes=0)
+    alone, held_alone = _solve_all(model, data, monkeypatch, recorded_bytes=0, frontier_bytes=0)
     for plan, expected in zip(plans, alone, strict=True):  # float32 passes cut differently
         np.testing.assert_allclose(plan.scaling, expected.scaling, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(plan.offsets, expected.offsets, rtol=1e-4, atol=1e-5)

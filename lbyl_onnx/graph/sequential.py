@@ -1,5 +1,6 @@
 """Sequential calibration: each unit solved against the original model's activations, with
-the units before it already pruned (``--sequential``).
+the units before it already pruned (calibration mode's default for LBYL; ``--independent``
+solves every unit alone instead).
 
 Calibration mode solves every unit on the original model's statistics, as if it were the only
 one pruned. In the pruned model, a unit's channels differ from the original's by what the
@@ -10,13 +11,13 @@ solve_sequential`), lets every unit also undo what the earlier ones changed.
 
 What it runs in onnxruntime, over the calibration data:
 
-- the original, recording ``r`` for as many units as :data:`STORED_BYTES` holds per pass (one
-  pass when they all fit), at :data:`POSITIONS` sampled spatial positions per sample;
+- the original, recording ``r`` for as many units as :data:`RECORDED_BYTES` holds per pass
+  (one pass when they all fit), at :data:`POSITIONS` sampled spatial positions per sample;
 - per unit, the model pruned so far, up to the unit only and from the tensors the previous
   passes left: a later plan changes only its own producers and what lies downstream of them,
   so a tensor computed without them is still valid once they are applied. Those tensors
   (the frontier between what is final and what a later plan may change) are kept while they
-  fit in :data:`STORED_BYTES`; beyond it the pass starts from the model's inputs.
+  fit in :data:`FRONTIER_BYTES`; beyond it the pass starts from the model's inputs.
 
 ``x`` is observed at the positions ``r`` was; only moments are kept.
 """
@@ -42,9 +43,14 @@ POSITIONS = 256
 """Spatial positions per sample at which a unit's channels are observed, drawn at random
 without replacement (all of them where there are fewer)."""
 
-STORED_BYTES = 256 * 2**20
-"""The most bytes held at once of the original's sampled activations, and of the pruned
-model's frontier tensors."""
+RECORDED_BYTES = 512 * 2**20
+"""The most bytes of the original's sampled activations held at once (EfficientNet-Lite0
+needs about 1 GiB in all, so two passes)."""
+
+FRONTIER_BYTES = 1024 * 2**20
+"""The most bytes of the pruned model's frontier tensors held at once. Measured on VGG16 at
+240 x 240, ratio 0.1: with 256 MiB (and 256 MiB recorded) only its last stage's maps were
+held and it took 366 s, 3.0 GiB at peak; with these budgets 163 s, 4.1 GiB."""
 
 
 class SequentialCalibration:
@@ -60,11 +66,13 @@ class SequentialCalibration:
         ridge: float = SEQUENTIAL_RIDGE,
         batch: int = 16,
         positions: int = POSITIONS,
-        stored_bytes: int = STORED_BYTES,
+        recorded_bytes: int = RECORDED_BYTES,
+        frontier_bytes: int = FRONTIER_BYTES,
     ):
         self.original, self.units, self.data = original, units, data
         self.prune_residual, self.ridge, self.batch = prune_residual, ridge, batch
-        self.positions, self.stored_bytes = positions, stored_bytes
+        self.positions = positions
+        self.recorded_bytes, self.frontier_bytes = recorded_bytes, frontier_bytes
         self._slices: list[slice] = []  # the batches, the same in every pass
         self._chosen: dict[str, np.ndarray | None] = {}  # sampled positions per unit
         self._rows_per_sample: dict[str, int] = {}
@@ -93,7 +101,7 @@ class SequentialCalibration:
 
     def _record_original(self, first: Unit) -> None:
         """One pass of the original recording ``r`` for ``first`` and as many of the units
-        after it as fit in :attr:`stored_bytes` (``first`` always)."""
+        after it as fit in :attr:`recorded_bytes` (``first`` always)."""
         if not self._slices:
             self._sample_positions()
         count = sum(s.stop - s.start for s in self._slices)
@@ -101,12 +109,13 @@ class SequentialCalibration:
         window, size = [], 0
         for unit in self.units[names.index(first.name) :]:
             size += count * self._rows_per_sample[unit.name] * unit.channels * 4
-            if window and size > self.stored_bytes:
+            if window and size > self.recorded_bytes:
                 break
             window.append(unit)
         tensors = sorted({u.record for u in window})
         self._recorded.update({u.name: [] for u in window})
-        for part, values in zip(self._slices, self._run([], tensors), strict=True):
+        passes = self._run(_cut(self._pruned([]), tensors), tensors)
+        for part, values in zip(self._slices, passes, strict=True):
             named = dict(zip(tensors, values, strict=True))
             for unit in window:
                 rows = self._rows(unit, named[unit.record], part.start)
@@ -153,9 +162,10 @@ class SequentialCalibration:
     ) -> None:
         """``unit.record`` in the model pruned by ``earlier``, passed to ``each`` batch by
         batch, computed from the frontier the previous passes left; the frontier is then
-        moved past what this pass computed, where it fits in :attr:`stored_bytes`."""
+        moved past what this pass computed, where it fits in :attr:`frontier_bytes`."""
         if not self._cacheable:
-            for index, (values,) in enumerate(self._run(earlier, [unit.record])):
+            model = _cut(self._pruned(earlier), [unit.record])
+            for index, (values,) in enumerate(self._run(model, [unit.record])):
                 each(index, values)
             return
         model = self._pruned(earlier)
@@ -186,7 +196,7 @@ class SequentialCalibration:
         for index, values in enumerate(self._run(model, [unit.record, *new], given)):
             each(index, values[0])
             if index == 0 and held + sum(v.nbytes for v in values[1:]) * len(self._slices) > (
-                self.stored_bytes
+                self.frontier_bytes
             ):
                 store = None
             if store is not None:
@@ -210,14 +220,10 @@ class SequentialCalibration:
         return model
 
     def _run(
-        self, plans_or_model: list[Plan] | onnx.ModelProto, tensors: list[str], given=()
+        self, model: onnx.ModelProto, tensors: list[str], given: set[str] = frozenset()
     ) -> Iterator[list[np.ndarray]]:
-        """``tensors``, batch by batch, computed by a model: the original with ``plans``
-        applied and cut to them, or a model already cut, fed the frontier tensors
-        ``given``."""
-        model = plans_or_model
-        if isinstance(model, list):
-            model = _cut(self._pruned(model), tensors)
+        """``tensors`` computed by ``model`` (cut to them: :func:`_cut`), batch by batch, fed
+        the calibration data and the frontier tensors ``given``."""
         session = check.session(model, optimised=True)
         inputs = [i.name for i in session.get_inputs()]
         for index, part in enumerate(self._slices):
