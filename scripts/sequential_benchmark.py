@@ -12,8 +12,8 @@ and peak memory. Writes the section between the ``sequential`` markers of
 
     python scripts/sequential_benchmark.py [--n 128] [--models a,b] [--ratios 0.1,0.2,0.3]
 
-VGG16 is left out unless named in ``--models``: ``--sequential`` takes about 4 minutes per
-ratio there.
+VGG16 is left out unless named in ``--models``: a ratio takes about 5 minutes there
+(``--sequential`` 2-3 of them).
 """
 
 from __future__ import annotations
