@@ -134,6 +134,14 @@ class BenchModel:
     def available(self) -> bool:
         return self.path.exists()
 
+    def shape_flags(self) -> list[str]:
+        """The command line's ``--input-shape`` flags for :attr:`input_shapes`."""
+        return [
+            flag
+            for name, dims in (self.input_shapes or {}).items()
+            for flag in ("--input-shape", f"{name}:{','.join(map(str, dims))}")
+        ]
+
     def run(self, model: onnx.ModelProto | str, n: int) -> np.ndarray:
         """Output ``self.output`` on the first ``n`` evaluation inputs, in batches.
 

@@ -65,8 +65,7 @@ def tool_cost(bench: BenchModel, folder: Path) -> tuple[Cost, Cost]:
     """The command at ratio 0.3 (default method) and the floor: load, the same validation
     runs (same input shapes), save."""
     args = [str(bench.path), str(folder / "out.onnx"), "--ratio", "0.3", "-q"]
-    for name, dims in (bench.input_shapes or {}).items():
-        args += ["--input-shape", f"{name}:{','.join(map(str, dims))}"]
+    args += bench.shape_flags()
     tool = Cost(*run_measured("from lbyl_onnx.cli import main; main()", args))
     shapes = json.dumps(bench.input_shapes or {})
     floor = Cost(*run_measured(FLOOR, [str(bench.path), str(folder / "floor.onnx"), shapes]))

@@ -67,8 +67,7 @@ def model_rows(bench: BenchModel, ratios: list[float], data: Path, out: Path, n:
         for order in ("--independent", "--sequential"):
             command = [str(bench.path), str(out), "--ratio", str(ratio), order]
             command += ["--calibration-data", str(data), "--no-check", "-q"]
-            for name, dims in (bench.input_shapes or {}).items():
-                command += ["--input-shape", f"{name}:{','.join(map(str, dims))}"]
+            command += bench.shape_flags()
             cost[order] = run_measured("from lbyl_onnx.cli import main; main()", command)
             quality[order] = headline(bench.quality(load_model(out), n))[1]
         independent, sequential = quality["--independent"], quality["--sequential"]

@@ -124,7 +124,7 @@ SEQUENTIAL_RIDGE = 1e-2
 """Relative weight of the pull toward plain pass-through in :func:`solve_sequential`.
 Measured (docs/benchmarks.md, "Sequential calibration"): with a pull toward zero instead,
 PP-OCRv4 calibrated on photos and evaluated on a text page lost more than it gained (error
-0.229 against 0.123 at 0.3); toward pass-through, 0.126."""
+0.229 against 0.123 at 0.3); toward pass-through, 0.122."""
 
 
 def solve_sequential(
