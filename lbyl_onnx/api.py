@@ -29,7 +29,7 @@ from .graph.shapes import (
     without_large_weights,
 )
 from .graph.units import Declined, Unit, find_units
-from .measure import Measurement
+from .measure import Measurement, make_synthetic, synthetic_calibration_count
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, solve_prune
 from .methods.base import offsets_from_means
 from .methods.calibrated import (
@@ -72,6 +72,10 @@ class PruneConfig:
     """The image inputs' normalisation (one of ``synthetic.CONVENTIONS``) for synthetic
     inputs; None: estimated from the model (:func:`lbyl_onnx.synthetic.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
+    synthetic_calibration: bool = False
+    """Calibrate on synthetic inputs (:func:`~lbyl_onnx.measure.make_synthetic`, as many as
+    :func:`~lbyl_onnx.measure.synthetic_calibration_count` allows) as on ``calibration_data``:
+    no user data, the statistics measured in onnxruntime."""
     calibration_ridge: float | None = None
     """The calibrated solvers' relative ridge; None: each solver's own (1e-3 independent,
     :data:`~lbyl_onnx.methods.calibrated.SEQUENTIAL_RIDGE` sequential)."""
@@ -113,18 +117,28 @@ class PruneConfig:
             raise UsageError(f"--min-keep {self.min_keep:g} is outside [0, 1]")
         if self.check_n < 1:
             raise UsageError("--check-n must be at least 1")
-        if self.sequential is not None and (not self.calibration_data or self.method != "lbyl"):
+        if self.calibration_data is not None and self.synthetic_calibration:
+            raise UsageError("give --calibration-data or --synthetic-calibration, not both")
+        if self.sequential is not None and (not self.calibrates or self.method != "lbyl"):
             flag = "--sequential" if self.sequential else "--independent"
-            raise UsageError(f"{flag} needs --calibration-data and --method lbyl")
+            raise UsageError(
+                f"{flag} needs --calibration-data or --synthetic-calibration, and --method lbyl"
+            )
         if self.input_range is not None and self.input_range not in CONVENTIONS:
             known = ", ".join(CONVENTIONS)
             raise UsageError(f"unknown --input-range '{self.input_range}' (choose from {known})")
         return self
 
     @property
+    def calibrates(self) -> bool:
+        """Whether the compensation is solved from measured activations (real or synthetic
+        inputs)."""
+        return bool(self.calibration_data) or self.synthetic_calibration
+
+    @property
     def solves_sequentially(self) -> bool:
         """Whether units are solved in graph order (:attr:`sequential`, resolved)."""
-        applies = self.calibration_data is not None and self.method == "lbyl"
+        applies = self.calibrates and self.method == "lbyl"
         return applies if self.sequential is None else self.sequential
 
 
@@ -175,6 +189,9 @@ def prune(
     owned = not isinstance(model, onnx.ModelProto)
     original = load_model(model) if owned else model
     calibration = _checked_inputs(original, config)
+    scaling = ""
+    if config.synthetic_calibration:
+        calibration, scaling = _synthetic_calibration(original, config)
     if owned:  # loaded here: edited in place, so the weights are never held twice
         work, reference = original, os.fspath(model)  # validation reruns the file
         original = without_large_weights(work)  # the structure, for the summary
@@ -187,10 +204,14 @@ def prune(
     units, declined = find_units(work, infer_shapes(work), config.prune_residual)
     warnings = _unmatched_patterns(config, units, declined)
     budgeted = config.target_macs is not None or config.target_params is not None
-    if config.input_range and (calibration or not (budgeted or config.method == "auto")):
+    synthesised = config.synthetic_calibration or (
+        not calibration and (budgeted or config.method == "auto")
+    )
+    if config.input_range and not synthesised:
         warnings.append(
-            "--input-range has no effect: it scales the synthetic inputs of --target-macs, "
-            "--target-params and --method auto, used only without --calibration-data"
+            "--input-range has no effect: it scales the synthetic inputs of "
+            "--synthetic-calibration, and of --target-macs, --target-params and --method auto "
+            "without --calibration-data"
         )
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
@@ -200,7 +221,8 @@ def prune(
         if calibration and units and (budgeted or not config.solves_sequentially)
         else None
     )
-    measurement = Measurement(work, units, config, calibration)
+    kind = "synthetic calibration" if config.synthetic_calibration else "calibration"
+    measurement = Measurement(work, units, config, calibration, kind)
     budget = None
     if budgeted:
         counts, budget = _budget_counts(work, units, config, statistics, measurement)
@@ -252,7 +274,7 @@ def prune(
     depthwise = sum(
         bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
     )
-    mode = _mode(config, measurement)
+    mode = _mode(config, calibration, scaling, measurement)
     del plans, units, statistics, measurement, sequential  # the weights as arrays: free them
     _restore_recorded_shapes(work, recorded_shapes)
     try:
@@ -268,9 +290,10 @@ def prune(
         )
     if not found_units:
         warnings.append("no prunable unit found: the model is unchanged")
-    if depthwise and not calibration:
+    if depthwise and (not calibration or config.synthetic_calibration):
+        without = "real calibration data" if calibration else "calibration data"
         warnings.append(
-            f"{depthwise} depthwise group(s) pruned without calibration data: data-free "
+            f"{depthwise} depthwise group(s) pruned without {without}: data-free "
             "compensation there is weak (docs/benchmarks.md); validate with --input-data, and "
             "prefer --calibration-data or a small --ratio"
         )
@@ -509,19 +532,39 @@ def _unit_notes(unit: Unit, calibrated: bool) -> list[str]:
     return [note for note in unit.notes if "approximate" not in note]
 
 
-def _mode(config: PruneConfig, measurement: Measurement) -> str:
-    if not config.calibration_data:
+def _synthetic_calibration(
+    model: onnx.ModelProto, config: PruneConfig
+) -> tuple[dict[str, np.ndarray], str]:
+    """``--synthetic-calibration``'s inputs and how they were scaled; :class:`UsageError` for
+    a model with an input synthetic data cannot stand for."""
+    try:
+        count = synthetic_calibration_count(model, config.input_shapes)
+        return make_synthetic(model, config, count)
+    except ValueError as error:
+        raise UsageError(f"--synthetic-calibration: {error}") from error
+
+
+def _mode(
+    config: PruneConfig,
+    calibration: dict[str, np.ndarray] | None,
+    scaling: str,
+    measurement: Measurement,
+) -> str:
+    """The report's mode line: data-free, or what the compensation was calibrated on (for
+    synthetic inputs, how they were scaled) and how it was solved."""
+    if not calibration:
         if config.method == "auto":
             return f"data-free (methods chosen on {measurement.synthetic})"
         return "data-free"
-    count = len(next(iter(config.calibration_data.values())))
+    count = len(next(iter(calibration.values())))
+    samples = f"{count} synthetic inputs scaled as {scaling}" if scaling else f"{count} samples"
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
     solved = solved.get(config.method, config.method)
     if config.solves_sequentially:
         solved = f"sequential {solved}"
     elif config.method == "lbyl":
         solved = f"independent {solved}"
-    return f"calibrated on {count} samples: {solved} + bias correction"
+    return f"calibrated on {samples}: {solved} + bias correction"
 
 
 def _unmatched_patterns(

@@ -1,213 +1,104 @@
-"""Calibration on synthetic inputs against data-free methods and real calibration (issue #7).
+"""``--synthetic-calibration`` against the better of ``nm`` and ``lbyl``, cell by cell.
 
-For every development model and ratio, the benchmark's quality metric (``BenchModel.quality``
-on the benchmark's evaluation inputs) of
+For each development model with prunable units and each ratio, it prunes with ``nm`` and
+``lbyl`` (data-free) and with ``lbyl --synthetic-calibration`` (calibration mode on synthetic
+images made for the model: no data), measures quality as ``benchmark.py`` does, and counts
+the cells where the synthetic calibration wins or ties the better of the other two (a tie:
+within 0.005). Also the tool's time per run (in process, no validation) and how many
+synthetic inputs it made. Writes the section between the ``synthetic`` markers of
+``docs/benchmarks.md``.
 
-- ``prune``, ``nm``, ``lbyl``: data-free;
-- ``lbyl+syn``: calibration mode on ``lbyl_onnx.synthetic.synthetic_inputs(model, N, seed=0)``
-  (structured noise mapped to the input range inferred from the model; no user data);
-- ``lbyl+cal``: calibration mode on the benchmark's real calibration inputs.
-
-``N`` is 256, or the number of real calibration inputs where the benchmark uses fewer
-(PP-OCRv4: 16 images of 640 x 640), so that both calibrations see as many samples. The
-verdict column compares ``lbyl+syn`` with the better of ``nm`` and ``lbyl``: ``win`` or
-``loss`` beyond ``--tie`` (0.01; the benchmark puts sampling noise at 0.02-0.03 for 256
-photo inputs), else ``tie``.
-
-    python scripts/synthetic_study.py --json synthetic.json            # every model
-    python scripts/synthetic_study.py --models digits_vgg_bn,centerface
-    python scripts/synthetic_study.py --combine a.json b.json          # one table of several runs
-    python scripts/synthetic_study.py --models vgg16_tumor --convention "[0,1]" --methods lbyl+syn
+    python scripts/synthetic_study.py [--n 256] [--models a,b] [--ratios 0.1,0.2,0.3]
+    python scripts/synthetic_study.py --models vgg16_tumor --input-range "[0,1]"   # ablation
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import development_models
-from benchmark import CALIBRATION_SAMPLES, headline
+from bench_models import development_models, generated_by, merged_rows, write_section
+from benchmark import headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.synthetic import (
-    CONVENTIONS,
-    Normalisation,
-    convention,
-    fit_normalisation,
-    input_specs,
-    synthetic_inputs,
-)
+from lbyl_onnx.synthetic import CONVENTIONS
 
-METHODS = ("prune", "nm", "lbyl", "lbyl+syn", "lbyl+cal")
+TIE = 0.005
+"""Quality differences below this count as ties (256 inputs: one input is 0.0039)."""
+
+SECTION = "synthetic"
 
 
-def verdict(row: dict, tie: float) -> str:
-    """``lbyl+syn`` against the better data-free compensation (``nm``, ``lbyl``)."""
-    lower = row["metric"] == "rel_l2"
-    q = row["quality"]
-    if not {"nm", "lbyl", "lbyl+syn"} <= set(q):
-        return "-"
-    best = min(q["nm"], q["lbyl"]) if lower else max(q["nm"], q["lbyl"])
-    gain = (best - q["lbyl+syn"]) if lower else (q["lbyl+syn"] - best)
-    return "win" if gain > tie else "loss" if gain < -tie else "tie"
-
-
-def study_model(bench, ratios, n: int, log, methods=METHODS, forced: str | None = None) -> dict:
-    original = load_model(bench.path)
-    units, _ = lbyl_onnx.list_units(original)
-    real = bench.calibration(CALIBRATION_SAMPLES)
-    count = len(next(iter(real.values())))
-    start = time.perf_counter()
-    norms = {
-        s.name: (
-            Normalisation(*convention(forced, s.channels), f"forced {forced}")
-            if forced
-            else fit_normalisation(original, s.name, input_shapes=bench.input_shapes)
-        )
-        for s in input_specs(original, bench.input_shapes)
-        if s.layout != "dense"
-    }
-    synthetic = synthetic_inputs(
-        original,
-        min(CALIBRATION_SAMPLES, count),
-        seed=0,
-        input_shapes=bench.input_shapes,
-        normalisation={k: (v.scale, v.shift) for k, v in norms.items()},
-    )
-    synthesis = time.perf_counter() - start
-    result = {
-        "name": bench.name,
-        "units": len(units),
-        "real_samples": count,
-        "synthetic_samples": len(next(iter(synthetic.values()))),
-        "synthesis_s": synthesis,
-        "normalisation": {
-            k: {
-                "source": v.source,
-                "scale": np.round(v.scale, 4).tolist(),
-                "shift": np.round(v.shift, 4).tolist(),
-                "reason": v.reason,
-            }
-            for k, v in norms.items()
-        },
-        "rows": [],
-    }
-    log(f"{bench.name}: {len(units)} units, synthesis {synthesis:.1f} s, {result['normalisation']}")
-    for ratio in ratios:
-        row = {"ratio": ratio, "quality": {}, "seconds": {}}
-        for method in methods:
-            data = {"lbyl+syn": synthetic, "lbyl+cal": real}.get(method)
-            start = time.perf_counter()
-            model, _ = lbyl_onnx.prune(
-                original,
-                ratio=ratio,
-                method=method.split("+")[0],
-                check=False,
-                input_shapes=bench.input_shapes,
-                calibration_data=data,
-            )
-            row["seconds"][method] = time.perf_counter() - start
-            key, value = headline(bench.quality(model, n))
-            row["metric"], row["quality"][method] = key, value
-        result["rows"].append(row)
-        cells = " ".join(f"{m} {v:.3f}" for m, v in row["quality"].items())
-        log(f"  {bench.name} {ratio:.1f} {row['metric']}: {cells}")
-    return result
-
-
-def table(results: list[dict], tie: float) -> list[str]:
-    lines = [
-        "| model | ratio | metric | prune | nm | lbyl | lbyl+syn | lbyl+cal "
-        "| syn vs max(nm, lbyl) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for result in results:
-        for row in result["rows"]:
-            q = row["quality"]
-            cells = " | ".join(f"{q[m]:.3f}" if m in q else "-" for m in METHODS)
-            lines.append(
-                f"| {result['name']} | {row['ratio']:.1f} | {row['metric']} | {cells} "
-                f"| {verdict(row, tie)} |"
-            )
-    counts = {v: 0 for v in ("win", "tie", "loss", "-")}
-    for result in results:
-        for row in result["rows"]:
-            counts[verdict(row, tie)] += 1
-    lines += ["", f"lbyl+syn against max(nm, lbyl): {counts} (tie: within {tie:g})", ""]
-    lines += [
-        "| model | units | normalisation | samples (syn/real) | synthesis s | "
-        "mean s per run: lbyl | lbyl+syn | lbyl+cal |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        norm = "; ".join(
-            f"{v['source']} scale {v['scale']} shift {v['shift']}"
-            for v in r["normalisation"].values()
-        )
-        mean = {
-            m: np.mean([row["seconds"].get(m, np.nan) for row in r["rows"]]) if r["rows"] else 0.0
-            for m in ("lbyl", "lbyl+syn", "lbyl+cal")
-        }
-        lines.append(
-            f"| {r['name']} | {r['units']} | {norm or '-'} | {r['synthetic_samples']}/"
-            f"{r['real_samples']} | {r['synthesis_s']:.1f} | {mean['lbyl']:.2f} | "
-            f"{mean['lbyl+syn']:.2f} | {mean['lbyl+cal']:.2f} |"
-        )
-    return lines
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help="comma-separated development model names")
+    parser.add_argument("--n", type=int, default=256, help="evaluation inputs")
+    parser.add_argument("--models", help="comma-separated subset")
     parser.add_argument("--ratios", default="0.1,0.2,0.3")
-    parser.add_argument("--n", type=int, default=256, help="evaluation inputs (benchmark: 256)")
-    parser.add_argument("--tie", type=float, default=0.01)
-    parser.add_argument("--methods", default=",".join(METHODS), help="subset of the columns")
     parser.add_argument(
-        "--convention",
+        "--input-range",
         choices=CONVENTIONS,
-        help="ablation: map synthetic images by this convention instead of the inferred one",
+        help="ablation: scale the synthetic images so instead of as estimated (not written)",
     )
-    parser.add_argument("--json", type=Path, help="write the results as JSON")
-    parser.add_argument("--combine", type=Path, nargs="+", help="print the table of JSON files")
-    args = parser.parse_args()
-
-    if args.combine:
-        results = [r for path in args.combine for r in json.loads(path.read_text())["results"]]
-        print("\n".join(table(results, args.tie)))
-        return 0
+    args = parser.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",")]
-    wanted = set(args.models.split(",")) if args.models else None
-    benches = [b for b in development_models() if wanted is None or b.name in wanted]
-    if wanted and len(benches) != len(wanted):
-        missing = wanted - {b.name for b in benches}
-        print(f"not available here: {', '.join(sorted(missing))}", file=sys.stderr)
-    start = time.perf_counter()
-    methods = [m for m in METHODS if m in args.methods.split(",")]
-    results = [
-        study_model(
-            b,
-            ratios,
-            args.n,
-            lambda s: print(s, file=sys.stderr, flush=True),
-            methods,
-            args.convention,
-        )
-        for b in benches
+    models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
+    if args.models:
+        models = [m for m in models if m.name in args.models.split(",")]
+    rows = []
+    for bench in models:
+        original = load_model(bench.path)
+        for ratio in ratios:
+            quality, seconds, samples = {}, {}, ""
+            for column in ("nm", "lbyl", "lbyl+syn"):
+                start = time.perf_counter()
+                model, report = lbyl_onnx.prune(
+                    original,
+                    ratio=ratio,
+                    method=column.split("+")[0],
+                    synthetic_calibration=column == "lbyl+syn",
+                    input_range=args.input_range,
+                    check=False,
+                    input_shapes=bench.input_shapes,
+                )
+                seconds[column] = time.perf_counter() - start
+                if column == "lbyl+syn":
+                    samples = report.mode.split(" synthetic inputs")[0].split()[-1]
+                key, quality[column] = headline(bench.quality(model, args.n))
+            lower = key == "rel_l2"  # an error: lower is better
+            pick = min if lower else max
+            best = pick(quality["nm"], quality["lbyl"])
+            margin = (best - quality["lbyl+syn"]) if lower else (quality["lbyl+syn"] - best)
+            verdict = "win" if margin > TIE else "tie" if margin >= -TIE else "loss"
+            row = (
+                f"| {bench.name} | {ratio:.1f} | {key} | {quality['nm']:.3f} | "
+                f"{quality['lbyl']:.3f} | {quality['lbyl+syn']:.3f} | {verdict} | {samples} | "
+                f"{seconds['lbyl']:.1f} | {seconds['lbyl+syn']:.1f} |"
+            )
+            rows.append(row)
+            print(row, flush=True)
+    if args.input_range:
+        return 0  # an ablation: printed, not written
+    merged = merged_rows(SECTION, rows, [m.name for m in development_models()])
+    verdicts = [row.split(" | ")[6] for row in merged]
+    lines = [
+        generated_by("synthetic_study.py", argv or sys.argv[1:], merged, rows)
+        + "*lbyl+syn*: `--method lbyl --synthetic-calibration` (sequential activation-space "
+        "least squares and bias correction, on synthetic images scaled as estimated from the "
+        "model; *inputs*: how many it made). A tie: within "
+        f"{TIE}. rel_l2 is an error (lower is better). It wins **{verdicts.count('win')}**, "
+        f"ties **{verdicts.count('tie')}** and loses **{verdicts.count('loss')}** of "
+        f"{len(merged)} cells against the better of nm and lbyl.",
+        "",
+        "| model | ratio | metric | nm | lbyl | lbyl+syn | lbyl+syn against max(nm, lbyl) "
+        "| inputs | lbyl s | lbyl+syn s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *merged,
     ]
-    total = time.perf_counter() - start
-    if args.json:
-        record = {"ratios": ratios, "n": args.n, "tie": args.tie, "seconds": total}
-        args.json.write_text(json.dumps({**record, "results": results}, indent=1))
-    print("\n".join(table(results, args.tie)))
-    print(f"\ntotal {total:.0f} s")
+    write_section(SECTION, lines)
     return 0
 
 
