@@ -41,7 +41,12 @@ def test_it_is_calibration_on_the_synthetic_inputs_of_the_estimated_normalisatio
     model = onnx.load(VGG)
     norm = fit_normalisation(model)
     data = synthetic_inputs(model, 256, 0, None, {"input": (norm.scale, norm.shift)})
-    options = {"ratio": 0.3, "check": False, "sequential": False if independent else None}
+    options = {
+        "ratio": 0.3,
+        "check": False,
+        "sequential": False if independent else None,
+        "calibration_ridge": 1e-2,  # as given: no cross-validation (tested in test_sequential)
+    }
     ours, report = prune(model, synthetic_calibration=True, **options)
     reference, _ = prune(model, calibration_data=data, **options)
     _same_weights(ours, reference)
@@ -60,15 +65,20 @@ def test_it_is_calibration_on_the_synthetic_inputs_of_the_estimated_normalisatio
 
 
 def test_input_range_scales_the_synthetic_inputs(tmp_path: Path) -> None:
+    """The API, with a given ridge, against calibration on hand-built [0, 1] images; the
+    command (the ridge cross-validated) against the API with the same options."""
     model = onnx.load(VGG)
     data = synthetic_inputs(model, 256, 0, None, {"input": convention("[0,1]", 1)})
-    reference, _ = prune(model, ratio=0.3, check=False, calibration_data=data)
+    options = {"ratio": 0.3, "check": False}
+    reference, _ = prune(model, calibration_data=data, calibration_ridge=1e-2, **options)
+    given = {"synthetic_calibration": True, "input_range": "[0,1]"}
+    _same_weights(prune(model, calibration_ridge=1e-2, **given, **options)[0], reference)
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     args = [str(VGG), str(out), "--synthetic-calibration", "--input-range", "0,1", "--no-check"]
     result = CliRunner().invoke(main, [*args, "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert "--input-range has no effect" not in result.output
-    _same_weights(onnx.load(out), reference)
+    _same_weights(onnx.load(out), prune(model, **given, **options)[0])
     mode = json.loads(report.read_text())["mode"]
     assert mode.startswith("calibrated on 256 synthetic inputs scaled as [0,1], as given: ")
 

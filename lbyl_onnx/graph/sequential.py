@@ -19,7 +19,9 @@ What it runs in onnxruntime, over the calibration data:
   (the frontier between what is final and what a later plan may change) are kept while they
   fit in :data:`FRONTIER_BYTES`; beyond it the pass starts from the model's inputs.
 
-``x`` is observed at the positions ``r`` was; only moments are kept.
+``x`` is observed at the positions ``r`` was; only moments are kept, separately for the
+even and the odd samples, so that each unit's ridge can be cross-validated
+(:func:`~lbyl_onnx.methods.calibrated.cross_validated_ridge`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ from onnx import helper
 
 from .. import check
 from ..methods.base import Solution, identity_rows
-from ..methods.calibrated import SEQUENTIAL_RIDGE, CrossStats, solve_sequential
+from ..methods.calibrated import (
+    SEQUENTIAL_RIDGE,
+    CrossStats,
+    cross_validated_ridge,
+    solve_sequential,
+)
 from .record import batch_slices
 from .rewrite import Plan, apply_plans
 from .shapes import infer_shapes
@@ -55,7 +62,8 @@ held and it took 366 s, 3.0 GiB at peak; with these budgets 163 s, 4.1 GiB."""
 
 class SequentialCalibration:
     """Solves ``units`` (those to be pruned, in graph order) against ``original`` (never
-    modified) on ``data``."""
+    modified) on ``data``, each with ``ridge``, or with the ridge cross-validated on its own
+    observations where ``ridge`` is None."""
 
     def __init__(
         self,
@@ -63,7 +71,7 @@ class SequentialCalibration:
         units: list[Unit],
         data: dict[str, np.ndarray],
         prune_residual: bool,
-        ridge: float = SEQUENTIAL_RIDGE,
+        ridge: float | None = None,
         batch: int = 16,
         positions: int = POSITIONS,
         recorded_bytes: int = RECORDED_BYTES,
@@ -90,14 +98,32 @@ class SequentialCalibration:
         if unit.name not in self._recorded:
             self._record_original(unit)
         recorded = self._recorded.pop(unit.name)
-        stats = CrossStats.empty(len(kept), unit.channels)
+        folds = (
+            CrossStats.empty(len(kept), unit.channels),
+            CrossStats.empty(len(kept), unit.channels),
+        )  # the even and the odd samples
 
         def add(index: int, values: np.ndarray) -> None:
-            x = self._rows(unit, values, self._slices[index].start)[:, kept]
-            stats.add(x, recorded[index])
+            start = self._slices[index].start
+            x = self._rows(unit, values, start)[:, kept]
+            per_sample = self._rows_per_sample[unit.name]
+            x = x.reshape(-1, per_sample, len(kept))
+            r = recorded[index].reshape(-1, per_sample, unit.channels)
+            for parity, fold in enumerate(folds):
+                first = (parity - start) % 2
+                fold.add(x[first::2].reshape(-1, len(kept)), r[first::2].reshape(-1, unit.channels))
 
         self._current(unit, earlier, add)
-        return solve_sequential(stats, kept, self.ridge)
+        ridge, notes = self.ridge, []
+        if ridge is None:
+            if folds[1].count:
+                ridge = cross_validated_ridge(folds, kept)
+                notes.append(f"ridge {ridge:g} (cross-validated)")
+            else:
+                ridge = SEQUENTIAL_RIDGE  # one sample: nothing to validate on
+        solution = solve_sequential(folds[0] + folds[1], kept, ridge)
+        solution.notes += notes
+        return solution
 
     def _record_original(self, first: Unit) -> None:
         """One pass of the original recording ``r`` for ``first`` and as many of the units

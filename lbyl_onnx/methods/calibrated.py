@@ -109,6 +109,17 @@ class CrossStats:
             np.zeros(channels),
         )
 
+    def __add__(self, other: CrossStats) -> CrossStats:
+        """The moments of both sets of observations together."""
+        return CrossStats(
+            self.x_total + other.x_total,
+            self.r_total + other.r_total,
+            self.xx + other.xx,
+            self.xr + other.xr,
+            self.rr + other.rr,
+            self.count + other.count,
+        )
+
     def add(self, x: np.ndarray, r: np.ndarray) -> None:
         """Accumulate paired observations given as rows (``k x m`` and ``k x N``)."""
         x, r = x.astype(np.float64), r.astype(np.float64)
@@ -121,10 +132,14 @@ class CrossStats:
 
 
 SEQUENTIAL_RIDGE = 1e-2
-"""Relative weight of the pull toward plain pass-through in :func:`solve_sequential`.
-Measured (docs/benchmarks.md, "Sequential calibration"): with a pull toward zero instead,
-PP-OCRv4 calibrated on photos and evaluated on a text page lost more than it gained (error
-0.229 against 0.123 at 0.3); toward pass-through, 0.122."""
+"""Relative weight of the pull toward plain pass-through in :func:`solve_sequential` on
+real calibration data (and on synthetic inputs where :func:`cross_validated_ridge` cannot
+run: a single sample). Measured (docs/benchmarks.md, "Sequential calibration"): with a
+pull toward zero instead, PP-OCRv4 calibrated on photos and evaluated on a text page lost
+more than it gained (error 0.229 against 0.123 at 0.3); toward pass-through, 0.122."""
+
+RIDGE_CHOICES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+"""The relative ridges :func:`cross_validated_ridge` chooses from."""
 
 
 def solve_sequential(
@@ -169,3 +184,41 @@ def solve_sequential(
     removal = np.sum(raw_rr) - 2 * np.sum(raw_xr[np.arange(m), kept]) + np.sum(raw_xx)
     residual = float(max(error, 0.0) / removal) if removal > 0 else 0.0
     return Solution(scaling, residual, offsets=offsets)
+
+
+def held_out_error(stats: CrossStats, scaling: np.ndarray, offsets: np.ndarray) -> float:
+    """``E|r - S x - e|^2`` over the observations ``stats`` holds, from its raw moments::
+
+    E|r|^2 - 2 tr(S E[x r^T]) - 2 e^T E[r] + tr(S E[x x^T] S^T) + 2 e^T S E[x] + |e|^2
+    """
+    count = max(stats.count, 1)
+    coefficients = scaling.T  # m x N
+    mean_x, mean_r = stats.x_total / count, stats.r_total / count
+    error = (
+        np.sum(stats.rr) / count
+        - 2 * np.sum(coefficients * stats.xr) / count
+        - 2 * offsets @ mean_r
+        + np.sum(coefficients * (stats.xx @ coefficients)) / count
+        + 2 * offsets @ (scaling @ mean_x)
+        + offsets @ offsets
+    )
+    return float(error)
+
+
+def cross_validated_ridge(
+    folds: tuple[CrossStats, CrossStats], kept: np.ndarray, choices=RIDGE_CHOICES
+) -> float:
+    """The ridge of :func:`solve_sequential`, chosen for one unit from its own observations
+    by two-fold cross-validation: fitted on one half of the calibration samples, the error
+    :func:`held_out_error` on the other half, summed over both directions; the smallest of
+    ``choices`` that minimises it. A layer whose kept channels carry little of the removed
+    ones (or that many channels fit from few samples) gets a strong pull toward
+    pass-through; one that they rebuild reliably, a weak one."""
+    errors = []
+    for ridge in choices:
+        error = 0.0
+        for train, test in (folds, folds[::-1]):
+            fitted = solve_sequential(train, kept, ridge)
+            error += held_out_error(test, fitted.scaling, fitted.offsets)
+        errors.append(error)
+    return choices[int(np.argmin(errors))]
