@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import development_models, generated_by, merged_rows, write_section
+from bench_models import (
+    against_nm_and_lbyl,
+    development_models,
+    generated_by,
+    merged_rows,
+    prunable_models,
+    write_section,
+)
 from benchmark import headline
 
 import lbyl_onnx
@@ -34,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", default="0.1,0.2,0.3")
     args = parser.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",")]
-    models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
-    if args.models:
-        models = [m for m in models if m.name in args.models.split(",")]
+    models = prunable_models(args.models)
     rows = []
     for bench in models:
         original = load_model(bench.path)
@@ -56,14 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                     chosen = [u.method for u in report.units]
                     methods = " ".join(f"{m} {chosen.count(m)}" for m in ("prune", "nm", "lbyl"))
                 key, quality[method] = headline(bench.quality(model, args.n))
-            lower = key == "rel_l2"  # an error: lower is better
-            best = (
-                min(quality["nm"], quality["lbyl"])
-                if lower
-                else max(quality["nm"], quality["lbyl"])
-            )
-            margin = (best - quality["auto"]) if lower else (quality["auto"] - best)
-            verdict = "win" if margin > TIE else "tie" if margin >= -TIE else "loss"
+            verdict = against_nm_and_lbyl(quality, "auto", key, TIE)
             row = (
                 f"| {bench.name} | {ratio:.1f} | {key} | {quality['nm']:.3f} | "
                 f"{quality['lbyl']:.3f} | {quality['auto']:.3f} | {verdict} | {methods} | "

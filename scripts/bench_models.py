@@ -204,6 +204,25 @@ def _digits_train(n: int) -> dict[str, np.ndarray]:
     return {"input": data["input"][:n]}
 
 
+def prunable_models(names: str | None = None) -> list[BenchModel]:
+    """The development models with units to prune (the negative control left out), or those
+    of them named in ``names`` (comma-separated)."""
+    models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
+    return [m for m in models if m.name in names.split(",")] if names else models
+
+
+def against_nm_and_lbyl(quality: dict[str, float], candidate: str, metric: str, tie: float) -> str:
+    """``win``, ``tie`` or ``loss``: ``quality[candidate]`` against the better of
+    ``quality["nm"]`` and ``quality["lbyl"]``, a tie within ``tie`` (``rel_l2`` is an error:
+    lower is better)."""
+    pair = (quality["nm"], quality["lbyl"])
+    if metric == "rel_l2":
+        margin = min(pair) - quality[candidate]
+    else:
+        margin = quality[candidate] - max(pair)
+    return "win" if margin > tie else "tie" if margin >= -tie else "loss"
+
+
 def development_models(include_zoo: bool = True) -> list[BenchModel]:
     """The models the benchmark measures, those present on this machine."""
     digits = _digits()

@@ -33,6 +33,7 @@ from bench_models import (
     development_models,
     generated_by,
     merged_rows,
+    prunable_models,
     write_section,
 )
 from benchmark import headline, latency_feeds, latency_ms
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-range", choices=list(INPUT_RANGES))
     args = parser.parse_args(argv)
     input_range = INPUT_RANGES.get(args.input_range)
-    models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
-    if args.models:
-        models = [m for m in models if m.name in args.models.split(",")]
+    models = prunable_models(args.models)
     rows = []
     for bench in models:
         original = load_model(bench.path)

@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import development_models, generated_by, merged_rows, write_section
+from bench_models import (
+    against_nm_and_lbyl,
+    development_models,
+    generated_by,
+    merged_rows,
+    prunable_models,
+    write_section,
+)
 from benchmark import headline
 
 import lbyl_onnx
@@ -45,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",")]
-    models = [m for m in development_models() if m.name != "yolov8n_nudenet"]
-    if args.models:
-        models = [m for m in models if m.name in args.models.split(",")]
+    models = prunable_models(args.models)
     rows = []
     for bench in models:
         original = load_model(bench.path)
@@ -68,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 if column == "lbyl+syn":
                     samples = report.mode.split(" synthetic inputs")[0].split()[-1]
                 key, quality[column] = headline(bench.quality(model, args.n))
-            lower = key == "rel_l2"  # an error: lower is better
-            pick = min if lower else max
-            best = pick(quality["nm"], quality["lbyl"])
-            margin = (best - quality["lbyl+syn"]) if lower else (quality["lbyl+syn"] - best)
-            verdict = "win" if margin > TIE else "tie" if margin >= -TIE else "loss"
+            verdict = against_nm_and_lbyl(quality, "lbyl+syn", key, TIE)
             row = (
                 f"| {bench.name} | {ratio:.1f} | {key} | {quality['nm']:.3f} | "
                 f"{quality['lbyl']:.3f} | {quality['lbyl+syn']:.3f} | {verdict} | {samples} | "
