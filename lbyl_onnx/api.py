@@ -570,7 +570,9 @@ def _mode(
             return f"data-free (methods chosen on {measurement.synthetic})"
         return "data-free"
     count = len(next(iter(calibration.values())))
-    samples = f"{count} synthetic inputs scaled as {scaling}" if scaling else f"{count} samples"
+    samples = f"{count} samples"
+    if config.synthetic_calibration:  # images say how they were scaled; dense inputs are N(0, 1)
+        samples = f"{count} synthetic inputs" + (f" scaled as {scaling}" if scaling else "")
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
     solved = solved.get(config.method, config.method)
     if config.solves_sequentially:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from models import conv_net, weights_of, with_integer_input
+from models import conv_net, dense_net, weights_of, with_integer_input
 from onnx import TensorProto, helper
 
 from lbyl_onnx import prune
@@ -172,3 +172,13 @@ def test_depthwise_groups_still_warn_that_real_data_is_better() -> None:
         check=False,
     )
     assert not any("depthwise group(s) pruned without" in w for w in real.warnings)
+
+
+def test_dense_inputs_are_standard_normal_and_the_report_says_synthetic() -> None:
+    model = dense_net((12, 16, 8), seed=2)  # input x: [batch, 12], no image to scale
+    data = synthetic_inputs(model, 256, 0)
+    assert data["x"].shape == (256, 12) and abs(float(data["x"].std()) - 1.0) < 0.05
+    options = {"ratio": 0.3, "check": False, "calibration_ridge": 1e-2}
+    ours, report = prune(model, synthetic_calibration=True, **options)
+    _same_weights(ours, prune(model, calibration_data=data, **options)[0])
+    assert report.mode.startswith("calibrated on 256 synthetic inputs: sequential ")
