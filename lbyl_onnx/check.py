@@ -119,7 +119,7 @@ def session(
     options = ort.SessionOptions()
     if not optimised:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures surface as exceptions, once
     staging = None
     if isinstance(model, onnx.ModelProto):
         if io.is_large(model):

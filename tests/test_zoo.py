@@ -12,6 +12,8 @@ fails. EfficientNet-Lite0 lives beside the repository (``../shared/models``).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -76,3 +78,16 @@ def test_light_model_prunes_with_every_method(path: Path) -> None:
 def test_zoo_model_prunes_with_every_method(path: Path) -> None:
     assert path.exists(), f"{path} is missing: python scripts/fetch_models.py fetches the zoo"
     _run_everything(path)
+
+
+def test_onnxruntime_logs_nothing_while_the_input_shape_is_probed(tmp_path: Path) -> None:
+    """YOLOv8n's dynamic input fails at the first sizes the validation tries (its Resize
+    needs a larger map); onnxruntime used to print that as a coloured log line on stderr
+    beside the tool's own one-line messages."""
+    command = [sys.executable, "-c", "from lbyl_onnx.cli import main; main()"]
+    command.append(str(ZOO / "yolov8n_nudenet.onnx"))
+    result = subprocess.run(
+        [*command, str(tmp_path / "out.onnx"), "-q"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "warning: no prunable unit found: the model is unchanged\n"
