@@ -233,8 +233,8 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Calibrate as with --calibration-data, on synthetic images made for the model "
     "(1/f noise, shapes and edges, scaled as --input-range or as estimated from the model; "
     "up to 256, within 512 MiB): no data needed. On the benchmark it won or tied all 27 "
-    "cells against the better of --method nm and lbyl, at 10-50 times the time (VGG16: "
-    "about 2 minutes); weak on depthwise networks.",
+    "cells against the better of --method nm and lbyl, at 8-80 times the time (VGG16: "
+    "about 2.5 minutes); weak on depthwise networks.",
 )
 @click.option(
     "--sequential/--independent",
