@@ -10,6 +10,10 @@ error in activation space::
 where ``mu`` and ``C`` are the mean and covariance of ``r`` over samples and positions. The
 constant ``e_j`` is what the kept channels cannot carry; it is folded into the consumer's
 bias (the *bias correction*). ``lam = ridge * trace(C_PP) / m`` is relative to the layer.
+
+The sequential solve (:func:`solve_sequential`) fits every row of ``S`` from the kept
+channels as the model pruned so far computes them; :func:`cross_validated_ridge` chooses
+its ridge for one unit from two halves of that unit's observations.
 """
 
 from __future__ import annotations
