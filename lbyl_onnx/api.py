@@ -223,8 +223,7 @@ def prune(
         if calibration and units and (budgeted or not config.solves_sequentially)
         else None
     )
-    kind = "synthetic calibration" if config.synthetic_calibration else "calibration"
-    measurement = Measurement(work, units, config, calibration, kind)
+    measurement = Measurement(work, units, config, calibration)
     budget = None
     if budgeted:
         counts, budget = _budget_counts(work, units, config, statistics, measurement)

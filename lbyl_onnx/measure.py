@@ -81,12 +81,8 @@ class Measurement:
         units: list[Unit],
         config: PruneConfig,
         calibration: dict[str, np.ndarray] | None,
-        calibration_kind: str = "calibration",
     ):
         self.model, self.units, self.config, self.calibration = model, units, config, calibration
-        self.calibration_kind = calibration_kind
-        """What the calibration data is, for the report: ``calibration`` or ``synthetic
-        calibration`` (``--synthetic-calibration``)."""
         self._inputs: dict[str, np.ndarray] | None = None
         self._sensitivity: OutputSensitivity | None = None
         self.scaling = ""
@@ -105,6 +101,11 @@ class Measurement:
     def synthetic(self) -> str:
         """``synthetic inputs``, with how they were scaled once known."""
         return f"synthetic inputs scaled as {self.scaling}" if self.scaling else "synthetic inputs"
+
+    @property
+    def calibration_kind(self) -> str:
+        """What the calibration data is, for the report."""
+        return "synthetic calibration" if self.config.synthetic_calibration else "calibration"
 
     @property
     def sensitivity_source(self) -> str:

@@ -32,6 +32,7 @@ from benchmark import headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
+from lbyl_onnx.measure import synthetic_calibration_count
 from lbyl_onnx.synthetic import CONVENTIONS
 
 TIE = 0.005
@@ -56,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for bench in models:
         original = load_model(bench.path)
+        samples = synthetic_calibration_count(original, bench.input_shapes)
         for ratio in ratios:
-            quality, seconds, samples = {}, {}, ""
+            quality, seconds = {}, {}
             for column in ("nm", "lbyl", "lbyl+syn"):
                 start = time.perf_counter()
-                model, report = lbyl_onnx.prune(
+                model, _ = lbyl_onnx.prune(
                     original,
                     ratio=ratio,
                     method=column.split("+")[0],
@@ -70,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
                     input_shapes=bench.input_shapes,
                 )
                 seconds[column] = time.perf_counter() - start
-                if column == "lbyl+syn":
-                    samples = report.mode.split(" synthetic inputs")[0].split()[-1]
                 key, quality[column] = headline(bench.quality(model, args.n))
             verdict = against_nm_and_lbyl(quality, "lbyl+syn", key, TIE)
             row = (
