@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from . import __version__
+from . import __version__, check
 from .budget import Measured, budget_counts
 from .check import Validation, check_model, input_problems, real_inputs, validate
 from .errors import RewriteError, UsageError, ValidationFailed
-from .graph.io import check_output_path, load_model, save_model, serialized_size
-from .graph.record import record_statistics
+from .graph.io import check_output_path, is_large, load_model, save_model, serialized_size
+from .graph.record import batch_slices, record_statistics
 from .graph.rewrite import Plan, apply_plans
 from .graph.sequential import SequentialCalibration
 from .graph.shapes import (
@@ -72,10 +72,13 @@ class PruneConfig:
     """The image inputs' normalisation (one of ``synthetic.CONVENTIONS``) for synthetic
     inputs; None: estimated from the model (:func:`lbyl_onnx.synthetic.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
-    synthetic_calibration: bool = False
+    synthetic_calibration: bool | None = None
     """Calibrate on synthetic inputs (:func:`~lbyl_onnx.measure.make_synthetic`, as many as
     :func:`~lbyl_onnx.measure.synthetic_calibration_count` allows) as on ``calibration_data``:
-    no user data, the statistics measured in onnxruntime."""
+    no user data, the statistics measured in onnxruntime. None: for LBYL without
+    ``calibration_data``, where the model's inputs can be synthesised and it runs on them
+    (else the closed form, with a warning); False: the methods' closed forms
+    (:func:`_resolved_synthetic`)."""
     calibration_ridge: float | None = None
     """The calibrated solvers' relative ridge; None: 1e-3 independent, and sequentially
     :data:`~lbyl_onnx.methods.calibrated.SEQUENTIAL_RIDGE` on calibration data, or each
@@ -124,7 +127,8 @@ class PruneConfig:
         if self.sequential is not None and (not self.calibrates or self.method != "lbyl"):
             flag = "--sequential" if self.sequential else "--independent"
             raise UsageError(
-                f"{flag} needs --calibration-data or --synthetic-calibration, and --method lbyl"
+                f"{flag} needs --method lbyl, calibrated (on --calibration-data, or on synthetic "
+                "inputs: not --closed-form)"
             )
         if self.input_range is not None and self.input_range not in CONVENTIONS:
             known = ", ".join(CONVENTIONS)
@@ -134,8 +138,13 @@ class PruneConfig:
     @property
     def calibrates(self) -> bool:
         """Whether the compensation is solved from measured activations (real or synthetic
-        inputs)."""
-        return bool(self.calibration_data) or self.synthetic_calibration
+        inputs); before :func:`prune` resolves ``synthetic_calibration``, whether it will be
+        where the model allows."""
+        if self.calibration_data:
+            return True
+        if self.synthetic_calibration is None:
+            return self.method == "lbyl"
+        return self.synthetic_calibration
 
     @property
     def solves_sequentially(self) -> bool:
@@ -191,9 +200,8 @@ def prune(
     owned = not isinstance(model, onnx.ModelProto)
     original = load_model(model) if owned else model
     calibration = _checked_inputs(original, config)
-    scaling = ""
-    if config.synthetic_calibration:
-        calibration, scaling = _synthetic_calibration(original, config)
+    config, synthetic, scaling, fallback = _resolved_synthetic(original, config, calibration)
+    calibration = calibration or synthetic
     if owned:  # loaded here: edited in place, so the weights are never held twice
         work, reference = original, os.fspath(model)  # validation reruns the file
         original = without_large_weights(work)  # the structure, for the summary
@@ -204,16 +212,16 @@ def prune(
     recorded_shapes = {v.name for v in work.graph.value_info}
 
     units, declined = find_units(work, infer_shapes(work), config.prune_residual)
-    warnings = _unmatched_patterns(config, units, declined)
+    warnings = [*fallback, *_unmatched_patterns(config, units, declined)]
     budgeted = config.target_macs is not None or config.target_params is not None
     synthesised = config.synthetic_calibration or (
         not calibration and (budgeted or config.method == "auto")
     )
     if config.input_range and not synthesised:
         warnings.append(
-            "--input-range has no effect: it scales the synthetic inputs of "
-            "--synthetic-calibration, and of --target-macs, --target-params and --method auto "
-            "without --calibration-data"
+            "--input-range has no effect: it scales synthetic inputs, which are used without "
+            "--calibration-data to calibrate LBYL (unless --closed-form), by "
+            "--synthetic-calibration, and by --target-macs, --target-params and --method auto"
         )
     excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
     declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
@@ -544,16 +552,50 @@ def _sequential_ridge(config: PruneConfig) -> float | None:
     return None if config.synthetic_calibration else SEQUENTIAL_RIDGE
 
 
-def _synthetic_calibration(
-    model: onnx.ModelProto, config: PruneConfig
-) -> tuple[dict[str, np.ndarray], str]:
-    """``--synthetic-calibration``'s inputs and how they were scaled; :class:`UsageError` for
-    a model with an input synthetic data cannot stand for."""
+def _resolved_synthetic(
+    model: onnx.ModelProto, config: PruneConfig, calibration: dict[str, np.ndarray] | None
+) -> tuple[PruneConfig, dict[str, np.ndarray] | None, str, list[str]]:
+    """``config`` with ``synthetic_calibration`` decided; the synthetic inputs (or None), how
+    they were scaled, and the warning of a default that fell back to the closed form.
+
+    Asked for, inputs the model cannot be calibrated on are a :class:`UsageError`; by default
+    (LBYL without calibration data) they make it the closed form, with a warning: an input
+    that is not floating point, or a model that does not run on its synthetic inputs in
+    onnxruntime (custom ops, shapes the guessed dimensions do not fit), or one over 2 GB
+    (each layer's calibration runs a copy of the model)."""
+    wanted = config.synthetic_calibration
+    if wanted is None:
+        wanted = config.method == "lbyl" and calibration is None
+    if not wanted:
+        return replace(config, synthetic_calibration=False), None, "", []
+    closed = replace(config, synthetic_calibration=False, sequential=None)
+    if config.synthetic_calibration is None and is_large(model):
+        reason = "the model is over 2 GB, and calibration copies it per layer"
+        return closed, None, "", [f"closed-form LBYL, not synthetic calibration: {reason}"]
     try:
         count = synthetic_calibration_count(model, config.input_shapes)
-        return make_synthetic(model, config, count)
-    except ValueError as error:
-        raise UsageError(f"--synthetic-calibration: {error}") from error
+        inputs, scaling = make_synthetic(model, config, count)
+        _run_first(model, inputs)
+    except (ValueError, UsageError) as error:
+        if config.synthetic_calibration:
+            raise UsageError(f"--synthetic-calibration: {error}") from error
+        return closed, None, "", [f"closed-form LBYL, not synthetic calibration: {error}"]
+    return replace(config, synthetic_calibration=True), inputs, scaling, []
+
+
+def _run_first(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
+    """Raise ``ValueError`` where the model does not run in onnxruntime on the first batch of
+    ``inputs`` (one sample, or the model's fixed batch)."""
+    try:
+        session = check.session(model, optimised=True)
+        count = len(next(iter(inputs.values())))
+        first = batch_slices(session, count, 1)[0]
+        names = [o.name for o in session.get_outputs()]
+        session.run(names, {name: value[first] for name, value in inputs.items()})
+    except Exception as error:  # whatever onnxruntime raises: the reason, in one line
+        raise ValueError(
+            f"the model does not run on synthetic inputs in onnxruntime: {check.first_line(error)}"
+        ) from error
 
 
 def _mode(
@@ -562,12 +604,13 @@ def _mode(
     scaling: str,
     measurement: Measurement,
 ) -> str:
-    """The report's mode line: data-free, or what the compensation was calibrated on (for
-    synthetic inputs, how they were scaled) and how it was solved."""
+    """The report's mode line: the closed form (from the weights alone), or what the
+    compensation was calibrated on (for synthetic inputs, how they were scaled) and how it
+    was solved."""
     if not calibration:
         if config.method == "auto":
-            return f"data-free (methods chosen on {measurement.synthetic})"
-        return "data-free"
+            return f"closed form, methods chosen on {measurement.synthetic}"
+        return "closed form"
     count = len(next(iter(calibration.values())))
     samples = f"{count} samples"
     if config.synthetic_calibration:  # images say how they were scaled; dense inputs are N(0, 1)

@@ -205,7 +205,9 @@ def validate(
     try:
         reference_session = session(original)
     except Exception as error:
-        return Validation("unavailable", "", f"the original model does not load: {_line(error)}")
+        return Validation(
+            "unavailable", "", f"the original model does not load: {first_line(error)}"
+        )
     if not isinstance(original, onnx.ModelProto):
         original = pruned  # pruning never changes the real inputs: their declarations
     names = [o.name for o in reference_session.get_outputs()]
@@ -232,13 +234,13 @@ def validate(
                 break
     inputs = describe(feeds or {}, source)
     if reference is None:
-        message = f"the original model does not run on these inputs: {_line(error)}"
+        message = f"the original model does not run on these inputs: {first_line(error)}"
         return Validation("unavailable", inputs, message)
     del reference_session  # one model in onnxruntime at a time: bounded memory
     try:
         outputs = session(pruned).run(names, feeds)
     except Exception as caught:
-        return Validation("failed", inputs, f"the pruned model does not run: {_line(caught)}")
+        return Validation("failed", inputs, f"the pruned model does not run: {first_line(caught)}")
     metrics = []
     for name, ref, out in zip(names, reference, outputs, strict=True):
         ref, out = np.asarray(ref), np.asarray(out)
@@ -268,7 +270,8 @@ def _has_unknown_non_batch_dims(
     return False
 
 
-def _line(error: BaseException | None) -> str:
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's message (at most 300 characters), else its type."""
     text = str(error).strip().splitlines() if error else []
     return text[0][:300] if text else type(error).__name__
 

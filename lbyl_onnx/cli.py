@@ -28,12 +28,12 @@ from .synthetic import INPUT_RANGES
 EPILOG = """\b
 Examples:
   lbyl-onnx model.onnx small.onnx                     # LBYL, 30% of channels per layer
+  lbyl-onnx model.onnx small.onnx --closed-form       # LBYL as published: seconds, weaker
   lbyl-onnx model.onnx small.onnx --ratio 0.2 --method nm
   lbyl-onnx model.onnx small.onnx --method auto       # per layer, whichever moves outputs least
   lbyl-onnx model.onnx small.onnx --exclude 'stem*' --ratio-for 'layer4*=0.5'
   lbyl-onnx model.onnx small.onnx --input-data input:batch.npy --report report.json
   lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
-  lbyl-onnx model.onnx small.onnx --synthetic-calibration   # no data, slower, usually better
   lbyl-onnx model.onnx small.onnx --target-macs 0.6 --round-to 8   # a budget, not a ratio
   lbyl-onnx resnet.onnx small.onnx --prune-residual   # also the convs feeding residual Adds
   lbyl-onnx model.onnx --list                         # what would be pruned, and why not
@@ -228,18 +228,22 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "compensation from measured activations, with bias correction.",
 )
 @click.option(
-    "--synthetic-calibration",
-    is_flag=True,
-    help="Calibrate as with --calibration-data, on synthetic images made for the model "
-    "(1/f noise, shapes and edges, scaled as --input-range or as estimated from the model; "
-    "up to 256, within 512 MiB): no data needed. On the benchmark it won or tied all 27 "
-    "cells against the better of --method nm and lbyl, at 8-80 times the time (VGG16: "
-    "about 2.5 minutes); weak on depthwise networks.",
+    "--synthetic-calibration/--closed-form",
+    default=None,
+    help="How compensation is solved without --calibration-data. Default, for --method lbyl: "
+    "calibrated as with --calibration-data on synthetic images made for the model (1/f "
+    "noise, shapes and edges, scaled as --input-range or as estimated from the model; up to "
+    "256, within 512 MiB): no data needed, and on the benchmark it won or tied all 27 cells "
+    "against the better of nm and closed-form lbyl, at 8-80 times the time (VGG16: about 2.5 "
+    "minutes); where the inputs cannot be synthesised or the model does not run on them, it "
+    "falls back to the closed form with a warning. --synthetic-calibration: insist (exit 2 "
+    "where it cannot), also for the other methods (their bias correction). --closed-form: "
+    "the methods as published, from the weights alone, in seconds.",
 )
 @click.option(
     "--sequential/--independent",
     default=None,
-    help="With --calibration-data or --synthetic-calibration, and --method lbyl: solve the "
+    help="When --method lbyl is calibrated (the default, unless --closed-form): solve the "
     "layers in graph order, each against the original's activations with the earlier layers "
     "already pruned, so that it also undoes what they lost (the default there); or each on "
     "the original's activations alone, as if it were the only one pruned: faster, less "
@@ -315,6 +319,8 @@ def _run(o: SimpleNamespace) -> int:
         raise UsageError("missing OUT (or pass --list to only inspect IN)")
     if o.ratio is not None and (o.target_macs is not None or o.target_params is not None):
         raise UsageError("give --ratio or a --target-macs/--target-params budget, not both")
+    if o.synthetic_calibration is False and o.calibration_path is not None:
+        raise UsageError("give --calibration-data or --closed-form, not both")
     if o.report_path is not None:
         check_output_path(o.input_path, o.report_path, "--report")
         if o.report_path.resolve() == o.output_path.resolve():

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     method=method,
                     check=False,
                     input_shapes=bench.input_shapes,
+                    synthetic_calibration=False,  # nm, lbyl and auto's choices: closed forms
                 )
                 if method == "auto":
                     seconds = time.perf_counter() - start

@@ -36,9 +36,10 @@ from bench_models import ROOT, BenchModel, development_models, run_measured, wri
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
 
-METHODS = ("prune", "nm", "lbyl", "lbyl-nn", "lbyl+cal")
-"""``lbyl+cal``: calibration mode (its default, sequential) with 256 unlabelled inputs disjoint
-from the evaluation."""
+METHODS = ("prune", "nm", "lbyl", "lbyl-nn", "lbyl+syn", "lbyl+cal")
+"""``prune``, ``nm``, ``lbyl``, ``lbyl-nn``: the closed forms (``--closed-form``);
+``lbyl+syn``: the default, LBYL calibrated on synthetic inputs; ``lbyl+cal``: calibration mode
+(its default, sequential) with 256 unlabelled inputs disjoint from the evaluation."""
 CALIBRATION_SAMPLES = 256
 PLOTS = ROOT / "docs" / "plots"
 
@@ -61,15 +62,17 @@ save_model(model, sys.argv[2])
 """
 
 
-def tool_cost(bench: BenchModel, folder: Path) -> tuple[Cost, Cost]:
-    """The command at ratio 0.3 (default method) and the floor: load, the same validation
-    runs (same input shapes), save."""
+def tool_cost(bench: BenchModel, folder: Path) -> tuple[Cost, Cost, Cost]:
+    """The command at ratio 0.3, by default and with ``--closed-form``, and the floor: load,
+    the same validation runs (same input shapes), save."""
     args = [str(bench.path), str(folder / "out.onnx"), "--ratio", "0.3", "-q"]
     args += bench.shape_flags()
-    tool = Cost(*run_measured("from lbyl_onnx.cli import main; main()", args))
+    command = "from lbyl_onnx.cli import main; main()"
+    closed = Cost(*run_measured(command, [*args, "--closed-form"]))
+    tool = Cost(*run_measured(command, args))
     shapes = json.dumps(bench.input_shapes or {})
     floor = Cost(*run_measured(FLOOR, [str(bench.path), str(folder / "floor.onnx"), shapes]))
-    return tool, floor
+    return tool, closed, floor
 
 
 def latency_ms(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], repeats: int) -> float:
@@ -137,10 +140,11 @@ def measure_model(
             model, report = lbyl_onnx.prune(
                 original,
                 ratio=ratio,
-                method=method.removesuffix("+cal"),
+                method=method.split("+")[0],
                 check=False,
                 input_shapes=bench.input_shapes,
                 calibration_data=calibration if method.endswith("+cal") else None,
+                synthetic_calibration=method.endswith("+syn"),
             )
             seconds = time.perf_counter() - start
             q = bench.quality(model, n)
@@ -157,10 +161,12 @@ def measure_model(
             print(f"  {bench.name} {ratio:.1f} {method:6s} {q}", flush=True)
     if with_cost and units:
         with tempfile.TemporaryDirectory() as tmp:
-            tool, floor = tool_cost(bench, Path(tmp))
+            tool, closed, floor = tool_cost(bench, Path(tmp))
             result["cost"] = {
                 "tool_s": tool.seconds,
                 "tool_mib": tool.peak_mib,
+                "closed_s": closed.seconds,
+                "closed_mib": closed.peak_mib,
                 "floor_s": floor.seconds,
                 "floor_mib": floor.peak_mib,
             }
@@ -314,22 +320,24 @@ def render(results: list[dict], command: str, quick: bool) -> list[str]:
             "",
             "### Cost of the tool",
             "",
-            "`lbyl-onnx IN OUT --ratio 0.3` as a child process (default method; validation on "
-            "8 random samples, or on one at the model's `--input-shape` where its sizes are "
-            "dynamic), against the floor: load + the same onnxruntime validation runs + save, "
-            "nothing else, in a child process too. Peak memory is each child's own high-water "
-            "mark (`VmHWM`). *extra / file*: the tool's peak above the floor's, in file sizes.",
+            "`lbyl-onnx IN OUT --ratio 0.3` as a child process (the default: LBYL calibrated "
+            "on synthetic inputs; validation on 8 random samples, or on one at the model's "
+            "`--input-shape` where its sizes are dynamic), the same with `--closed-form`, and "
+            "the floor: load + the same onnxruntime validation runs + save, nothing else, in a "
+            "child process too. Peak memory is each child's own high-water mark (`VmHWM`). "
+            "*extra / file*: the closed form's peak above the floor's, in file sizes.",
             "",
-            "| model | file MiB | tool s | floor s | tool / floor | tool peak MiB "
-            "| floor peak MiB | extra / file |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | file MiB | tool s | closed-form s | floor s | closed-form / floor "
+            "| tool peak MiB | closed-form peak MiB | floor peak MiB | extra / file |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in costs:
             c = r["cost"]
-            extra = (c["tool_mib"] - c["floor_mib"]) / max(r["file_mib"], 1e-9)
+            extra = (c["closed_mib"] - c["floor_mib"]) / max(r["file_mib"], 1e-9)
             lines.append(
-                f"| {r['name']} | {r['file_mib']:.1f} | {c['tool_s']:.2f} | {c['floor_s']:.2f} "
-                f"| {c['tool_s'] / c['floor_s']:.2f} | {c['tool_mib']:.0f} | {c['floor_mib']:.0f} "
+                f"| {r['name']} | {r['file_mib']:.1f} | {c['tool_s']:.2f} | {c['closed_s']:.2f} "
+                f"| {c['floor_s']:.2f} | {c['closed_s'] / c['floor_s']:.2f} "
+                f"| {c['tool_mib']:.0f} | {c['closed_mib']:.0f} | {c['floor_mib']:.0f} "
                 f"| {extra:.1f} |"
             )
         lines += [

@@ -32,7 +32,12 @@ def main() -> int:
             for method in ("prune", "nm", "lbyl"):
                 for correct in (False, True):
                     model, _ = lbyl_onnx.prune(
-                        original, ratio=ratio, method=method, bias_correction=correct, check=False
+                        original,
+                        ratio=ratio,
+                        method=method,
+                        bias_correction=correct,
+                        synthetic_calibration=False,
+                        check=False,
                     )
                     key, value = headline(bench.quality(model, 256))
                     cells.append(f"{value:.3f}")

@@ -3,7 +3,10 @@ onnxruntime speed-up users get, with and without ``--round-to K`` (8 unless ``--
 
 For each development model with prunable units and each MAC budget (0.9, 0.7, 0.5 of the
 original), it prunes with ``--target-macs`` (global allocation) and with the uniform ratio
-that removes the same MACs (found by bisection), measures quality as ``benchmark.py`` does,
+that removes the same MACs (found by bisection), both with closed-form LBYL
+(``--closed-form``: synthetic calibration, the default, would take minutes per prune on the
+larger models; docs/benchmarks.md gives its one measured cell), measures quality as
+``benchmark.py`` does,
 and the latency (one thread, median) of the global allocation with and without rounding:
 at batch 1, and, for models that run in under a millisecond there (where onnxruntime's
 per-op overhead hides the MACs), at the batch that makes the original take about
@@ -104,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         base = latency_ms(str(bench.path), feeds, repeats_for(1.0))
         busy_feeds, busy_base = busy_batch(bench, base)
         for budget in BUDGETS:
-            options = dict(check=False, input_shapes=bench.input_shapes)
+            options = dict(  # the closed-form compensation: seconds per prune, not minutes
+                check=False, input_shapes=bench.input_shapes, synthetic_calibration=False
+            )
             measured = dict(options, input_range=input_range)
             try:
                 global_model, report = lbyl_onnx.prune(original, target_macs=budget, **measured)

@@ -82,6 +82,7 @@ def group_study(bench: BenchModel, ratios, n: int, residual: bool) -> list[str]:
                     check=False,
                     prune_residual=residual,
                     input_shapes=bench.input_shapes,
+                    synthetic_calibration=False,
                     **extra,
                 )
                 fell = sum(any("removed plainly" in x for x in u.notes) for u in report.units)
@@ -113,7 +114,14 @@ def zoo_row(name: str, path: Path, shapes: dict | None) -> str:
     statuses = []
     removed = ""
     for method in METHODS:
-        _, report = prune(model, ratio=0.3, method=method, check_n=2, input_shapes=shapes)
+        _, report = prune(
+            model,
+            ratio=0.3,
+            method=method,
+            check_n=2,
+            input_shapes=shapes,
+            synthetic_calibration=False,
+        )
         statuses.append(report.validation.status if report.validation else "-")
         if method == "lbyl" and report.before.macs:
             removed = f"{1 - report.after.macs / report.before.macs:.1%}"

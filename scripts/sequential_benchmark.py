@@ -57,7 +57,9 @@ def model_rows(bench: BenchModel, ratios: list[float], data: Path, out: Path, n:
     lower = key == "rel_l2"  # an error: lower is better
     rows = []
     for ratio in ratios:
-        options = dict(ratio=ratio, check=False, input_shapes=bench.input_shapes)
+        options = dict(
+            ratio=ratio, check=False, input_shapes=bench.input_shapes, synthetic_calibration=False
+        )
         free = {}
         for method in DATA_FREE:
             model, _ = lbyl_onnx.prune(original, method=method, **options)

@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             for bias_weight, ridge in grid:
                 options = MethodOptions(bias_weight=bias_weight, ridge=ridge)
                 model, _ = lbyl_onnx.prune(
-                    original, ratio=ratio, method="lbyl", options=options, check=False
+                    original,
+                    ratio=ratio,
+                    method="lbyl",
+                    options=options,
+                    synthetic_calibration=False,
+                    check=False,
                 )
                 row[(bias_weight, ridge)] = score(bench.quality(model, args.n))
             table[(bench.name, ratio)] = row

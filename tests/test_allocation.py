@@ -122,7 +122,9 @@ def test_lbyl_nn_under_a_budget_takes_lbyls_widths_and_its_own_coefficients() ->
     """The damage curves of ``lbyl-nn`` are LBYL's (a quadratic programme per removed channel
     at every width would cost minutes on large layers), so both choose the same widths; the
     compensation is still the non-negative one: the consumers' folded weights differ."""
-    lbyl_model, lbyl_report = prune(str(VGG), target_macs=0.6, method="lbyl", check=False)
+    lbyl_model, lbyl_report = prune(
+        str(VGG), target_macs=0.6, method="lbyl", synthetic_calibration=False, check=False
+    )
     nn_model, nn_report = prune(str(VGG), target_macs=0.6, method="lbyl-nn", check=False)
     widths = [(u.name, u.channels_after) for u in lbyl_report.units]
     assert widths == [(u.name, u.channels_after) for u in nn_report.units]
@@ -303,7 +305,7 @@ def test_input_range_scales_the_synthetic_inputs_a_budget_is_measured_on(name: s
 
 
 def test_without_input_range_the_report_names_the_estimated_normalisation() -> None:
-    _, report = prune(str(VGG), target_macs=0.8, check=False)
+    _, report = prune(str(VGG), target_macs=0.8, synthetic_calibration=False, check=False)
     assert report.budget.endswith(f"scaled as {fit_normalisation(onnx.load(VGG)).describe()}")
 
 
@@ -312,13 +314,18 @@ def test_input_range_is_validated_and_warned_about_where_it_does_nothing(tmp_pat
         PruneConfig(input_range="0-1").validated()
     out = tmp_path / "out.onnx"
     used = CliRunner().invoke(
-        main, [str(VGG), str(out), "--target-macs", "0.8", "--input-range", "0,255"]
+        main,
+        [str(VGG), str(out), "--target-macs", "0.8", "--input-range", "0,255", "--closed-form"],
     )
     assert used.exit_code == 0, used.output
     assert "scaled as [0,255], as given" in used.output
     assert "--input-range has no effect" not in used.output
+    calibrated = CliRunner().invoke(main, [str(VGG), str(out), "--input-range", "-1,1"])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert "synthetic inputs scaled as [-1,1], as given" in calibrated.output
+    assert "--input-range has no effect" not in calibrated.output
     unused = CliRunner().invoke(
-        main, [str(VGG), str(out), "--ratio", "0.2", "--input-range", "-1,1"]
+        main, [str(VGG), str(out), "--ratio", "0.2", "--input-range", "-1,1", "--closed-form"]
     )
     assert unused.exit_code == 0, unused.output
     assert "warning: --input-range has no effect" in unused.output

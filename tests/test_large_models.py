@@ -394,6 +394,11 @@ def test_large_model_is_pruned_file_to_file(
     assert (tmp_path / "out.onnx.data").is_file()
     assert any("over 2 GB" in r.getMessage() for r in caplog.records)
     assert outputs(out, x).shape == outputs(model, x).shape
+    assert report.mode == "closed form"  # calibration would copy the model per layer
+    assert report.warnings[0] == (
+        "closed-form LBYL, not synthetic calibration: the model is over 2 GB, and calibration "
+        "copies it per layer"
+    )
 
 
 def test_large_model_is_not_copied_in_memory(

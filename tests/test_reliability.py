@@ -143,6 +143,30 @@ def test_custom_op_outside_units_still_prunes_and_exits_4(tmp_path: Path) -> Non
     assert next(n for n in pruned.graph.node if n.domain == "com.example").input == ["raw_logits"]
     weights = {t.name: t.dims for t in pruned.graph.initializer}
     assert any(name.startswith("conv1.weight") and dims[0] == 11 for name, dims in weights.items())
+    # the default's synthetic calibration cannot run it: the closed form, with a warning
+    assert (
+        "warning: closed-form LBYL, not synthetic calibration: the model does not run on "
+        "synthetic inputs in onnxruntime: " in result.output
+    )
+    assert "method lbyl [closed form]" in result.output
+    closed = tmp_path / "closed.onnx"
+    assert CliRunner().invoke(main, [str(path), str(closed), "--closed-form"]).exit_code == 4
+    assert closed.read_bytes() == out.read_bytes()
+
+
+def test_synthetic_calibration_asked_for_on_a_model_onnxruntime_cannot_run_exits_2(
+    tmp_path: Path,
+) -> None:
+    path, out = tmp_path / "custom.onnx", tmp_path / "out.onnx"
+    onnx.save(_custom_op_model(), str(path))
+    result = CliRunner().invoke(main, [str(path), str(out), "--synthetic-calibration"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        "error: --synthetic-calibration: the model does not run on synthetic inputs in "
+        "onnxruntime: "
+    )
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_model_failing_the_checker_is_a_usage_error(tmp_path: Path) -> None:

@@ -31,7 +31,13 @@ def test_one_unit_compensated_matches_the_model_pruned_at_that_unit(name: str) -
     assert model.SerializeToString() == before  # the maps were only there for the session
     reference = ort_outputs(model, feeds)
     for unit in units:
-        pruned, report = prune(model, ratio=0.0, ratio_for=((unit.name, 0.4),), check=False)
+        pruned, report = prune(
+            model,
+            ratio=0.0,
+            ratio_for=((unit.name, 0.4),),
+            synthetic_calibration=False,
+            check=False,
+        )
         (record,) = [r for r in report.units if r.name == unit.name]
         kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
         solution = _solve(unit, kept, PruneConfig(), None)
@@ -82,7 +88,13 @@ def test_a_final_softmax_is_measured_at_its_logits() -> None:
     sensitivity = OutputSensitivity(model, units, feeds, samples=6)
     assert model.SerializeToString() == before
     unit = units[1]
-    pruned, report = prune(logits_model, ratio=0.0, ratio_for=((unit.name, 0.5),), check=False)
+    pruned, report = prune(
+        logits_model,
+        ratio=0.0,
+        ratio_for=((unit.name, 0.5),),
+        synthetic_calibration=False,
+        check=False,
+    )
     (record,) = [r for r in report.units if r.name == unit.name]
     kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
     solution = _solve(unit, kept, PruneConfig(), None)

@@ -129,8 +129,8 @@ def test_sequential_keeps_more_agreement_than_independent_calibration(name: str)
 @pytest.mark.parametrize(
     "args",
     [
-        ["--sequential"],
-        ["--independent"],
+        ["--sequential", "--closed-form"],
+        ["--independent", "--closed-form"],
         ["--sequential", "--calibration-data", str(CALIBRATION), "--method", "nm"],
         ["--independent", "--calibration-data", str(CALIBRATION), "--method", "auto"],
     ],
@@ -139,7 +139,7 @@ def test_the_solving_order_needs_calibration_data_and_lbyl(tmp_path: Path, args)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(main, [str(SAMPLES / "digits_vgg_bn.onnx"), str(out), *args])
     assert result.exit_code == 2, result.output
-    assert f"{args[0]} needs --calibration-data or --synthetic-calibration, and --method lbyl" in (
+    assert f"{args[0]} needs --method lbyl, calibrated (on --calibration-data, or on " in (
         result.output
     )
     assert not out.exists()
@@ -226,6 +226,14 @@ FRONTIER_CASES = {  # the model, and whether the frontier makes its passes small
         True,
     ),
     "two branches": (lambda: two_branches(False, False), False),
+    "weights in Constant nodes": (  # edited in place by a plan: never held
+        lambda: conv_net(channels=(3, 8, 8, 8), act=None, bias=False, storage="constant"),
+        True,
+    ),
+    "weights behind Identity nodes": (
+        lambda: conv_net(channels=(3, 8, 8, 8), storage="constant_identity"),
+        True,
+    ),
 }
 
 

@@ -96,7 +96,8 @@ def test_it_beats_both_data_free_compensations_on_the_digits_models() -> None:
         path = str(SAMPLES / f"{name}.onnx")
         synthetic = accuracy(prune(path, ratio=0.3, synthetic_calibration=True, check=False)[0])
         for method in ("nm", "lbyl"):
-            data_free = accuracy(prune(path, ratio=0.3, method=method, check=False)[0])
+            closed = prune(path, ratio=0.3, method=method, synthetic_calibration=False, check=False)
+            data_free = accuracy(closed[0])
             assert synthetic > data_free + 0.05, (name, method, synthetic, data_free)
 
 
@@ -182,3 +183,46 @@ def test_dense_inputs_are_standard_normal_and_the_report_says_synthetic() -> Non
     ours, report = prune(model, synthetic_calibration=True, **options)
     _same_weights(ours, prune(model, calibration_data=data, **options)[0])
     assert report.mode.startswith("calibrated on 256 synthetic inputs: sequential ")
+
+
+def test_it_is_the_default_for_lbyl_and_only_for_lbyl() -> None:
+    model = onnx.load(VGG)
+    default, report = prune(model, ratio=0.3, check=False)
+    asked, _ = prune(model, ratio=0.3, synthetic_calibration=True, check=False)
+    _same_weights(default, asked)
+    assert report.mode.startswith("calibrated on 256 synthetic inputs scaled as ")
+    closed, closed_report = prune(model, ratio=0.3, synthetic_calibration=False, check=False)
+    assert closed_report.mode == "closed form"
+    assert any(
+        not np.array_equal(v, weights_of(closed)[k])
+        for k, v in weights_of(default).items()
+        if k in weights_of(closed)
+    )
+    for method in ("prune", "nm", "lbyl-nn"):  # the baselines stay as published
+        plain, plain_report = prune(model, ratio=0.3, method=method, check=False)
+        _same_weights(
+            plain,
+            prune(model, ratio=0.3, method=method, synthetic_calibration=False, check=False)[0],
+        )
+        assert plain_report.mode == "closed form"
+
+
+def test_the_default_falls_back_to_the_closed_form_for_an_input_it_cannot_synthesise() -> None:
+    model = with_integer_input(conv_net((3, 8, 8)))
+    default, report = prune(model, ratio=0.3, check=False)
+    _same_weights(default, prune(model, ratio=0.3, synthetic_calibration=False, check=False)[0])
+    assert report.mode == "closed form"
+    assert report.warnings[0] == (
+        "closed-form LBYL, not synthetic calibration: input 'x' is not floating point: "
+        "cannot synthesise it"
+    )
+
+
+def test_closed_form_and_calibration_data_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    calibration = str(SAMPLES / "digits_calibration.npz")
+    args = [str(VGG), str(out), "--closed-form", "--calibration-data", calibration]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: give --calibration-data or --closed-form, not both"
+    assert not out.exists()

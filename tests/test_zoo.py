@@ -1,5 +1,6 @@
-"""Real model files: every method at ratio 0.3 (and LBYL with ``--prune-residual``) runs
-without error, the output passes the full checker and runs in onnxruntime wherever the
+"""Real model files: every method at ratio 0.3 in closed form (and LBYL with
+``--prune-residual``; on the smaller models also the default, LBYL calibrated on synthetic
+inputs) runs without error, the output passes the full checker and runs in onnxruntime wherever the
 input does.
 
 The ``light_*`` models ship inside the ``onnx`` package (architectures of AlexNet, VGG19,
@@ -44,10 +45,18 @@ SHARED_MODELS = [EFFICIENTNET] if EFFICIENTNET.exists() or os.environ.get("CI") 
 is (and always in CI, where it must be), not generated at all elsewhere."""
 
 
+CALIBRATED = {"ppocrv4_det", "yolov8n_nudenet", "centerface"}
+"""Models also pruned with the default, synthetic calibration (seconds each; the others take
+up to minutes: their figures are in docs/benchmarks.md)."""
+
+
 def _run_everything(path: Path) -> None:
     original = onnx.load(str(path))
     runs = [("prune", False), ("nm", False), ("lbyl", False), ("lbyl-nn", False), ("lbyl", True)]
-    for method, residual in runs:
+    runs = [(method, residual, False) for method, residual in runs]  # closed form
+    if path.stem in CALIBRATED:
+        runs += [("lbyl", False, None), ("lbyl", True, None)]  # the default
+    for method, residual, calibrated in runs:
         pruned, report = prune(
             original,
             ratio=0.3,
@@ -55,7 +64,9 @@ def _run_everything(path: Path) -> None:
             check_n=2,
             input_shapes=SHAPES.get(path.stem),
             prune_residual=residual,
+            synthetic_calibration=calibrated,
         )
+        assert report.mode.startswith("calibrated on" if calibrated is None else "closed form")
         onnx.checker.check_model(pruned, full_check=True)
         assert report.validation is not None
         assert report.validation.status in ("passed", "unavailable"), report.validation.message

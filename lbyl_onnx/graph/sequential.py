@@ -204,6 +204,7 @@ class SequentialCalibration:
                 consumers[name].append(node.output[0])
         computed = _needed_nodes(graph, [unit.record], set(self._frontier))
         final = (self._final | {n.output[0] for n in computed}) - changing
+        varying = _input_dependent(graph)  # the rest (weights from Constant nodes) is recomputed
 
         def needed(tensor: str, final: set[str]) -> bool:
             return any(c not in final for c in consumers.get(tensor, ()))
@@ -211,7 +212,7 @@ class SequentialCalibration:
         new = [
             t
             for node in computed
-            if node.output[0] not in changing
+            if node.output[0] not in changing and node.output[0] in varying
             for t in node.output
             if t and t not in self._frontier and needed(t, final)
         ]
@@ -300,6 +301,7 @@ def _cut(
     del graph.node[:]
     graph.node.extend(nodes)
     read = {name for node in nodes for name in node.input}
+    read |= {t.name for t in graph.initializer}  # an IR < 4 graph lists them as inputs too
     inputs = [i for i in graph.input if i.name in read and i.name not in given]
     inputs += [
         helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
@@ -313,6 +315,20 @@ def _cut(
     del graph.output[:]
     graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors)
     return model
+
+
+def _input_dependent(graph: onnx.GraphProto) -> set[str]:
+    """The nodes (by first output) that depend on the graph's real inputs. The others compute
+    weights (Constant nodes and what reads only them), which a plan may edit in place: they
+    are never held in the frontier."""
+    weights = {t.name for t in graph.initializer}
+    reached = {i.name for i in graph.input if i.name not in weights}
+    nodes = set()
+    for node in graph.node:  # topologically sorted, as the checker requires
+        if any(name in reached for name in node.input):
+            nodes.add(node.output[0])
+            reached.update(node.output)
+    return nodes
 
 
 def _downstream(graph: onnx.GraphProto, units: list[Unit]) -> set[str]:

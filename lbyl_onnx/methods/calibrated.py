@@ -9,7 +9,8 @@ error in activation space::
 
 where ``mu`` and ``C`` are the mean and covariance of ``r`` over samples and positions. The
 constant ``e_j`` is what the kept channels cannot carry; it is folded into the consumer's
-bias (the *bias correction*). ``lam = ridge * trace(C_PP) / m`` is relative to the layer.
+bias (the *bias correction*). ``lam = ridge * trace(C_PP) / m`` is relative to the layer
+(at least ``ridge * 1e-6 E|r_P|^2 / m``, for channels nearly constant over the samples).
 
 The sequential solve (:func:`solve_sequential`) fits every row of ``S`` from the kept
 channels as the model pruned so far computes them; :func:`cross_validated_ridge` chooses
@@ -75,7 +76,8 @@ def solve_calibrated(
         return Solution(scaling, 0.0, offsets=offsets)
     cov, mu = stats.covariance, stats.mean
     cpp = cov[np.ix_(kept, kept)]
-    lam = ridge * max(float(np.trace(cpp)) / len(kept), 1e-12)
+    raw = float(np.trace(stats.outer[np.ix_(kept, kept)])) / max(stats.count, 1)
+    lam = ridge * max(float(np.trace(cpp)), 1e-6 * raw, 1e-12) / len(kept)
     gram = cpp + lam * np.eye(len(kept))
     coeffs = scipy.linalg.solve(gram, cov[np.ix_(kept, removed)], assume_a="pos")
     scaling[removed] = coeffs.T
@@ -157,11 +159,13 @@ def solve_sequential(
 
     with ``C`` the (cross-)covariances over samples and positions, ``P^T`` plain
     pass-through (the identity on the kept rows, zero on the removed ones) and ``lam = ridge
-    * trace(C_xx) / m``. Where nothing upstream was pruned (``x = r_P``) the removed rows are
-    :func:`solve_calibrated`'s with the same ridge and the kept rows the identity; otherwise
-    the kept rows also undo what the earlier units' removal changed in them, as far as the
-    data supports it: the pull keeps them near the identity where it does not (calibration
-    data unlike the deployment data).
+    * trace(C_xx) / m`` (at least ``ridge * 1e-6 E|x|^2 / m``: channels nearly constant
+    across samples, whose covariance is rounding error, stay solvable). Where nothing
+    upstream was pruned (``x = r_P``) the removed rows are :func:`solve_calibrated`'s with
+    the same ridge and the kept rows the identity; otherwise the kept rows also undo what
+    the earlier units' removal changed in them, as far as the data supports it: the pull
+    keeps them near the identity where it does not (calibration data unlike the deployment
+    data).
 
     ``residual`` is the error ``E[|r - S x - e|^2]`` relative to plain removal's
     ``E[|r - P^T x|^2]`` (kept channels passed on as they are, removed ones dropped).
@@ -171,7 +175,8 @@ def solve_sequential(
     mu_x, mu_r = stats.x_total / count, stats.r_total / count
     cxx = stats.xx / count - np.outer(mu_x, mu_x)
     cxr = stats.xr / count - np.outer(mu_x, mu_r)
-    lam = ridge * max(float(np.trace(cxx)) / max(m, 1), 1e-12)
+    raw = float(np.trace(stats.xx)) / count  # E|x|^2: a floor where C_xx cancels to ~0
+    lam = ridge * max(float(np.trace(cxx)), 1e-6 * raw, 1e-12) / max(m, 1)
     passthrough = np.zeros_like(cxr)  # P: m x N
     passthrough[np.arange(m), kept] = 1.0
     coefficients = scipy.linalg.solve(
