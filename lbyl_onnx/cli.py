@@ -149,10 +149,11 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     default="lbyl",
     show_default=True,
     type=click.Choice(list(METHOD_NAMES)),
-    help="lbyl: many-to-one compensation; lbyl-nn: the same with non-negative "
+    help="lbyl: many-to-one compensation (calibrated on synthetic inputs unless "
+    "--closed-form or --calibration-data); lbyl-nn: closed-form lbyl with non-negative "
     "coefficients (exact wherever the kept channels agree in sign); nm: Neuron Merging; "
-    "prune: plain removal; auto: per unit, the one whose outputs move least, measured in "
-    "onnxruntime on --calibration-data or else on synthetic inputs.",
+    "prune: plain removal; auto: per unit, the closed form whose outputs move least, "
+    "measured in onnxruntime on --calibration-data or else on synthetic inputs.",
 )
 @click.option(
     "--criterion",
@@ -202,9 +203,9 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "--input-range",
     type=click.Choice(list(INPUT_RANGES)),
     help="How the model's image inputs are normalised (pixels scaled to [0, 1] or [-1, 1], "
-    "ImageNet mean/std, or raw [0, 255]), for the synthetic inputs of "
-    "--synthetic-calibration, --target-macs and --method auto. Default: estimated from the "
-    "model, as the report says.",
+    "ImageNet mean/std, or raw [0, 255]), for the synthetic inputs that LBYL calibrates on "
+    "by default, and that --target-macs and --method auto measure on. Default: estimated "
+    "from the model, as the report says.",
 )
 @click.option(
     "--prune-residual",

@@ -1,6 +1,6 @@
 """Inputs on which the tool measures its choices in onnxruntime (a budget's damage,
-``--method auto``): the calibration data, else synthetic inputs; and the synthetic inputs of
-``--synthetic-calibration``."""
+``--method auto``): the calibration data, else synthetic inputs; and the synthetic inputs
+that synthetic calibration (LBYL's default without calibration data) runs on."""
 
 from __future__ import annotations
 
@@ -72,8 +72,9 @@ def make_synthetic(
 class Measurement:
     """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
     auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
-    (:mod:`lbyl_onnx.synthetic`). They choose widths and methods only; the compensation stays
-    data-free unless calibration data is given. Built on first use."""
+    (:mod:`lbyl_onnx.synthetic`): the calibration inputs, synthetic or real, where the
+    compensation is calibrated; else they choose widths and methods only. Built on first
+    use."""
 
     def __init__(
         self,

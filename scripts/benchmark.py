@@ -7,7 +7,7 @@ process), the floor no tool can beat (load + save + the same onnxruntime validat
 and onnxruntime latency of the original and the pruned model. It rewrites the generated part
 of ``docs/benchmarks.md`` and one PNG plot per model in ``docs/plots/``.
 
-    python scripts/benchmark.py            # everything (about 35 minutes on 2 cores)
+    python scripts/benchmark.py            # everything (about 60 minutes on 2 cores)
     python scripts/benchmark.py --quick    # fewer inputs and ratios, no latency (< 3 minutes)
 
 Needs the ``bench`` extra; the zoo models need ``python scripts/fetch_models.py`` first.
