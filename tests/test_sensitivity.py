@@ -19,6 +19,21 @@ from lbyl_onnx.methods.criteria import keep_best
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 
 
+def _pruned_at(model, unit, ratio: float):
+    """The model pruned (closed form) at ``unit`` alone, the channels kept and the pipeline's
+    solution for them."""
+    pruned, report = prune(
+        model,
+        ratio=0.0,
+        ratio_for=((unit.name, ratio),),
+        synthetic_calibration=False,
+        check=False,
+    )
+    (record,) = [r for r in report.units if r.name == unit.name]
+    kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
+    return pruned, kept, _solve(unit, kept, PruneConfig(), None)
+
+
 @pytest.mark.parametrize("name", ["digits_vgg_bn", "digits_mbv2", "digits_mlp"])
 def test_one_unit_compensated_matches_the_model_pruned_at_that_unit(name: str) -> None:
     model = load_model(ROOT / f"{name}.onnx")
@@ -31,16 +46,7 @@ def test_one_unit_compensated_matches_the_model_pruned_at_that_unit(name: str) -
     assert model.SerializeToString() == before  # the maps were only there for the session
     reference = ort_outputs(model, feeds)
     for unit in units:
-        pruned, report = prune(
-            model,
-            ratio=0.0,
-            ratio_for=((unit.name, 0.4),),
-            synthetic_calibration=False,
-            check=False,
-        )
-        (record,) = [r for r in report.units if r.name == unit.name]
-        kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
-        solution = _solve(unit, kept, PruneConfig(), None)
+        pruned, kept, solution = _pruned_at(model, unit, 0.4)
         out = ort_outputs(pruned, feeds)
         direct = sum(np.sum((a - b) ** 2) for a, b in zip(out, reference, strict=True))
         direct /= sum(np.sum(b**2) for b in reference)
@@ -88,16 +94,7 @@ def test_a_final_softmax_is_measured_at_its_logits() -> None:
     sensitivity = OutputSensitivity(model, units, feeds, samples=6)
     assert model.SerializeToString() == before
     unit = units[1]
-    pruned, report = prune(
-        logits_model,
-        ratio=0.0,
-        ratio_for=((unit.name, 0.5),),
-        synthetic_calibration=False,
-        check=False,
-    )
-    (record,) = [r for r in report.units if r.name == unit.name]
-    kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
-    solution = _solve(unit, kept, PruneConfig(), None)
+    pruned, kept, solution = _pruned_at(logits_model, unit, 0.5)
     (reference,) = ort_outputs(logits_model, feeds)
     (out,) = ort_outputs(pruned, feeds)
     logits_error = np.sum((out - reference) ** 2) / np.sum(reference**2)
