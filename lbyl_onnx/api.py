@@ -200,8 +200,6 @@ def prune(
     owned = not isinstance(model, onnx.ModelProto)
     original = load_model(model) if owned else model
     calibration = _checked_inputs(original, config)
-    config, synthetic, scaling, fallback = _resolved_synthetic(original, config, calibration)
-    calibration = calibration or synthetic
     if owned:  # loaded here: edited in place, so the weights are never held twice
         work, reference = original, os.fspath(model)  # validation reruns the file
         original = without_large_weights(work)  # the structure, for the summary
@@ -212,7 +210,13 @@ def prune(
     recorded_shapes = {v.name for v in work.graph.value_info}
 
     units, declined = find_units(work, infer_shapes(work), config.prune_residual)
-    warnings = [*fallback, *_unmatched_patterns(config, units, declined)]
+    warnings = _unmatched_patterns(config, units, declined)
+    excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
+    declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
+    units = [u for u in units if u not in excluded]
+    config, synthetic, scaling, fallback = _resolved_synthetic(work, config, calibration, units)
+    calibration = calibration or synthetic
+    warnings[:0] = fallback
     budgeted = config.target_macs is not None or config.target_params is not None
     synthesised = config.synthetic_calibration or (
         not calibration and (budgeted or config.method == "auto")
@@ -223,9 +227,6 @@ def prune(
             "--calibration-data to calibrate LBYL (unless --closed-form), by "
             "--synthetic-calibration, and by --target-macs, --target-params and --method auto"
         )
-    excluded = [u for u in units if any(_matches(u.name, p) for p in config.exclude)]
-    declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
-    units = [u for u in units if u not in excluded]
     statistics = (  # sequential calibration records its own, unit by unit; budgets need these
         record_statistics(work, units, calibration)
         if calibration and units and (budgeted or not config.solves_sequentially)
@@ -553,10 +554,14 @@ def _sequential_ridge(config: PruneConfig) -> float | None:
 
 
 def _resolved_synthetic(
-    model: onnx.ModelProto, config: PruneConfig, calibration: dict[str, np.ndarray] | None
+    model: onnx.ModelProto,
+    config: PruneConfig,
+    calibration: dict[str, np.ndarray] | None,
+    units: list[Unit],
 ) -> tuple[PruneConfig, dict[str, np.ndarray] | None, str, list[str]]:
     """``config`` with ``synthetic_calibration`` decided; the synthetic inputs (or None), how
-    they were scaled, and the warning of a default that fell back to the closed form.
+    they were scaled, and the warning of a default that fell back to the closed form. By
+    default nothing is synthesised for a model without ``units`` to prune.
 
     Asked for, inputs the model cannot be calibrated on are a :class:`UsageError`; by default
     (LBYL without calibration data) they make it the closed form, with a warning: an input
@@ -565,7 +570,7 @@ def _resolved_synthetic(
     (each layer's calibration runs a copy of the model)."""
     wanted = config.synthetic_calibration
     if wanted is None:
-        wanted = config.method == "lbyl" and calibration is None
+        wanted = config.method == "lbyl" and calibration is None and bool(units)
     if not wanted:
         return replace(config, synthetic_calibration=False), None, "", []
     closed = replace(config, synthetic_calibration=False, sequential=None)

@@ -226,3 +226,11 @@ def test_closed_form_and_calibration_data_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.strip() == "error: give --calibration-data or --closed-form, not both"
     assert not out.exists()
+
+
+def test_nothing_is_synthesised_for_a_model_without_units() -> None:
+    """YOLOv8n has no unit (its convs feed residual Adds): the default spent 15 s making
+    synthetic inputs for it and calibrating nothing."""
+    _, report = prune(conv_net((3, 8, 8), act="Sigmoid"), ratio=0.3, check=False)
+    assert report.units == []
+    assert report.mode == "closed form"
