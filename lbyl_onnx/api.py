@@ -560,8 +560,8 @@ def _resolved_synthetic(
     units: list[Unit],
 ) -> tuple[PruneConfig, dict[str, np.ndarray] | None, str, list[str]]:
     """``config`` with ``synthetic_calibration`` decided; the synthetic inputs (or None), how
-    they were scaled, and the warning of a default that fell back to the closed form. By
-    default nothing is synthesised for a model without ``units`` to prune.
+    they were scaled, and the warning of a default that fell back to the closed form. Nothing
+    is synthesised for a model without ``units`` to prune.
 
     Asked for, inputs the model cannot be calibrated on are a :class:`UsageError`; by default
     (LBYL without calibration data) they make it the closed form, with a warning: an input
@@ -570,8 +570,8 @@ def _resolved_synthetic(
     (each layer's calibration runs a copy of the model)."""
     wanted = config.synthetic_calibration
     if wanted is None:
-        wanted = config.method == "lbyl" and calibration is None and bool(units)
-    if not wanted:
+        wanted = config.method == "lbyl" and calibration is None
+    if not wanted or not units:
         return replace(config, synthetic_calibration=False), None, "", []
     closed = replace(config, synthetic_calibration=False, sequential=None)
     if config.synthetic_calibration is None and is_large(model):

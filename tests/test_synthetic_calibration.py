@@ -231,6 +231,9 @@ def test_closed_form_and_calibration_data_exit_2(tmp_path: Path) -> None:
 def test_nothing_is_synthesised_for_a_model_without_units() -> None:
     """YOLOv8n has no unit (its convs feed residual Adds): the default spent 15 s making
     synthetic inputs for it and calibrating nothing."""
-    _, report = prune(conv_net((3, 8, 8), act="Sigmoid"), ratio=0.3, check=False)
-    assert report.units == []
-    assert report.mode == "closed form"
+    for asked in (None, True):
+        _, report = prune(
+            conv_net((3, 8, 8), act="Sigmoid"), ratio=0.3, synthetic_calibration=asked, check=False
+        )
+        assert report.units == []
+        assert report.mode == "closed form"
