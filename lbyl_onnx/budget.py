@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
-from .graph.rewrite import channel_columns
+from .graph.rewrite import consumer_column_gram
 from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import infer_shapes, node_macs, static_input_dims
 from .graph.units import Unit
@@ -150,7 +150,7 @@ def _damage_curve(
     points, gains = {}, {}
     for i in sorted(picks):
         m = grid[i]
-        kept = keep_best(unit.arrays.weight, m, config.criterion)
+        kept = keep_best(unit.arrays.weight, m, config.weight_criterion)
         solution = solve(unit, kept)
         if stats is None:
             lam1, lam2 = regularisers(unit.arrays, kept, config.options)
@@ -167,13 +167,3 @@ def _damage_curve(
     at = sorted(gains)
     ys = [points[x] * (float(np.interp(x, at, [gains[g] for g in at])) if at else 1.0) for x in xs]
     return lambda m: float(np.interp(m, xs, ys))
-
-
-def consumer_column_gram(unit: Unit) -> np.ndarray:
-    """``M = sum over consumers of V^T V``, ``V`` the consumer's weight with one column per
-    channel of the unit (:func:`channel_columns`)."""
-    gram = np.zeros((unit.channels, unit.channels))
-    for consumer in unit.consumers:
-        columns, _ = channel_columns(consumer, consumer.weight.value)
-        gram += (columns.T @ columns).astype(np.float64)
-    return gram

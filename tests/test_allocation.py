@@ -15,9 +15,10 @@ from test_quirks import _nhwc_arrays, _nhwc_head
 
 from lbyl_onnx import list_units, prune
 from lbyl_onnx.api import PruneConfig, summarize
-from lbyl_onnx.budget import budget_counts, consumer_column_gram
+from lbyl_onnx.budget import budget_counts
 from lbyl_onnx.cli import main
 from lbyl_onnx.errors import UsageError
+from lbyl_onnx.graph.rewrite import consumer_column_gram
 from lbyl_onnx.measure import SYNTHETIC_SAMPLES, Measurement
 from lbyl_onnx.methods import solve_lbyl
 from lbyl_onnx.methods.allocation import (

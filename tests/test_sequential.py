@@ -82,7 +82,9 @@ def test_the_first_unit_gets_calibration_modes_solution() -> None:
     first = units[0]
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
     removed = np.setdiff1d(np.arange(first.channels), kept)
-    solution = SequentialCalibration(model, [first], data, False, 0.01).solve(first, kept, [])
+    _, solution = SequentialCalibration(model, [first], data, False, 0.01).solve(
+        first, len(kept), [], kept
+    )
     stats = record_statistics(model, [first], data)[first.name]
     independent = solve_calibrated(stats, kept, 0.01)
     np.testing.assert_allclose(
@@ -192,7 +194,7 @@ def _solve_all(
     plans: list[Plan] = []
     for unit in units:
         kept = keep_best(unit.arrays.weight, kept_count(unit.channels, 0.3), "l2")
-        solution = calibration.solve(unit, kept, plans)
+        _, solution = calibration.solve(unit, len(kept), plans, kept)
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
     monkeypatch.setattr(check, "session", session)
     return plans, held
@@ -282,7 +284,7 @@ def test_both_models_are_observed_at_the_same_sampled_positions(monkeypatch) -> 
     )
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
     calibration = SequentialCalibration(model, [first], data, False, positions=5)
-    solution = calibration.solve(first, kept, [])
+    _, solution = calibration.solve(first, len(kept), [], kept)
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.output.append(helper.make_empty_tensor_value_info(first.record))
     record = ort_outputs(probe, {"input": data["input"][:1]})[-1]
@@ -365,7 +367,8 @@ def test_the_folds_are_the_even_and_the_odd_samples(monkeypatch) -> None:
         return cross_validated_ridge(folds, kept)
 
     monkeypatch.setattr(sequential_module, "cross_validated_ridge", spy)
-    solution = SequentialCalibration(model, [first], data, False, batch=7).solve(first, kept, [])
+    calibration = SequentialCalibration(model, [first], data, False, batch=7)
+    _, solution = calibration.solve(first, len(kept), [], kept)
     assert len(seen) == 1
     for parity, fold in enumerate(seen[0]):
         part = {"input": data["input"][parity::2]}

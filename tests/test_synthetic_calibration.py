@@ -46,6 +46,7 @@ def test_it_is_calibration_on_the_synthetic_inputs_of_the_estimated_normalisatio
         "check": False,
         "sequential": False if independent else None,
         "calibration_ridge": 1e-2,  # as given: no cross-validation (tested in test_sequential)
+        "criterion": "l2",  # the default on synthetic inputs; on real data it is reconstruction
     }
     ours, report = prune(model, synthetic_calibration=True, **options)
     reference, _ = prune(model, calibration_data=data, **options)
@@ -70,7 +71,9 @@ def test_input_range_scales_the_synthetic_inputs(tmp_path: Path) -> None:
     model = onnx.load(VGG)
     data = synthetic_inputs(model, 256, 0, None, {"input": convention("[0,1]", 1)})
     options = {"ratio": 0.3, "check": False}
-    reference, _ = prune(model, calibration_data=data, calibration_ridge=1e-2, **options)
+    reference, _ = prune(
+        model, calibration_data=data, calibration_ridge=1e-2, criterion="l2", **options
+    )
     given = {"synthetic_calibration": True, "input_range": "[0,1]"}
     _same_weights(prune(model, calibration_ridge=1e-2, **given, **options)[0], reference)
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
@@ -179,7 +182,7 @@ def test_dense_inputs_are_standard_normal_and_the_report_says_synthetic() -> Non
     model = dense_net((12, 16, 8), seed=2)  # input x: [batch, 12], no image to scale
     data = synthetic_inputs(model, 256, 0)
     assert data["x"].shape == (256, 12) and abs(float(data["x"].std()) - 1.0) < 0.05
-    options = {"ratio": 0.3, "check": False, "calibration_ridge": 1e-2}
+    options = {"ratio": 0.3, "check": False, "calibration_ridge": 1e-2, "criterion": "l2"}
     ours, report = prune(model, synthetic_calibration=True, **options)
     _same_weights(ours, prune(model, calibration_data=data, **options)[0])
     assert report.mode.startswith("calibrated on 256 synthetic inputs: sequential ")

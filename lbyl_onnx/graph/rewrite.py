@@ -221,6 +221,16 @@ def _set_group(node: onnx.NodeProto, groups: int) -> None:
             attr.i = groups
 
 
+def consumer_column_gram(unit: Unit) -> np.ndarray:
+    """``M = sum over consumers of V^T V``, ``V`` the consumer's weight with one column per
+    channel of the unit (:func:`channel_columns`)."""
+    gram = np.zeros((unit.channels, unit.channels))
+    for consumer in unit.consumers:
+        columns, _ = channel_columns(consumer, consumer.weight.value)
+        gram += (columns.T @ columns).astype(np.float64)
+    return gram
+
+
 def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
     """What the consumer's output gains when channel ``j`` carries the constant ``e_j``:
     ``delta[o] = sum_j e_j sum_k V[o, j, k]`` (Conv: exact away from zero-padded borders;

@@ -41,8 +41,9 @@ from ..methods.calibrated import (
     cross_validated_ridge,
     solve_sequential,
 )
+from ..methods.selection import reconstruction_keep
 from .record import batch_slices
-from .rewrite import Plan, apply_plans
+from .rewrite import Plan, apply_plans, consumer_column_gram
 from .shapes import infer_shapes
 from .units import Unit, find_units
 
@@ -89,31 +90,43 @@ class SequentialCalibration:
         self._final: set[str] = set()  # nodes (by first output) no later plan changes
         self._cacheable = not _has_subgraphs(original.graph)
 
-    def solve(self, unit: Unit, kept: np.ndarray, earlier: list[Plan]) -> Solution:
-        """``unit``'s solution, with the ``earlier`` plans (of the units before it, in order)
-        applied to the model its kept channels are observed in. A unit that keeps every
-        channel is left as it is (nothing measured)."""
-        if len(kept) == unit.channels:
-            return Solution(identity_rows(unit.channels, kept), 0.0)
+    def solve(
+        self, unit: Unit, count: int, earlier: list[Plan], kept: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Solution]:
+        """``unit``'s kept channels and solution, with the ``earlier`` plans (of the units
+        before it, in order) applied to the model its channels are observed in. ``kept``:
+        the ``count`` channels that stay, or None to choose them from the observations (the
+        ``reconstruction`` criterion, :func:`~lbyl_onnx.methods.selection.reconstruction_keep`).
+        A unit that keeps every channel is left as it is (nothing measured)."""
+        if count == unit.channels:
+            everything = np.arange(count)
+            return everything, Solution(identity_rows(count, everything), 0.0)
         if unit.name not in self._recorded:
             self._record_original(unit)
         recorded = self._recorded.pop(unit.name)
+        observed = np.arange(unit.channels) if kept is None else kept
         folds = (
-            CrossStats.empty(len(kept), unit.channels),
-            CrossStats.empty(len(kept), unit.channels),
+            CrossStats.empty(len(observed), unit.channels),
+            CrossStats.empty(len(observed), unit.channels),
         )  # the even and the odd samples
 
         def add(index: int, values: np.ndarray) -> None:
             start = self._slices[index].start
-            x = self._rows(unit, values, start)[:, kept]
+            x = self._rows(unit, values, start)[:, observed]
             per_sample = self._rows_per_sample[unit.name]
-            x = x.reshape(-1, per_sample, len(kept))
+            x = x.reshape(-1, per_sample, len(observed))
             r = recorded[index].reshape(-1, per_sample, unit.channels)
             for parity, fold in enumerate(folds):
                 first = (parity - start) % 2
-                fold.add(x[first::2].reshape(-1, len(kept)), r[first::2].reshape(-1, unit.channels))
+                fold.add(
+                    x[first::2].reshape(-1, len(observed)), r[first::2].reshape(-1, unit.channels)
+                )
 
         self._current(unit, earlier, add)
+        if kept is None:
+            cxx, cxr = (folds[0] + folds[1]).covariances()
+            kept = reconstruction_keep(cxx, cxr, consumer_column_gram(unit), count)
+            folds = (folds[0].of_kept(kept), folds[1].of_kept(kept))
         ridge, notes = self.ridge, []
         if ridge is None:
             if folds[1].count:
@@ -123,7 +136,7 @@ class SequentialCalibration:
                 ridge = SEQUENTIAL_RIDGE  # one sample: nothing to validate on
         solution = solve_sequential(folds[0] + folds[1], kept, ridge)
         solution.notes += notes
-        return solution
+        return kept, solution
 
     def _record_original(self, first: Unit) -> None:
         """One pass of the original recording ``r`` for ``first`` and as many of the units

@@ -126,6 +126,24 @@ class CrossStats:
             self.count + other.count,
         )
 
+    def of_kept(self, kept: np.ndarray) -> CrossStats:
+        """The moments of the channels ``kept`` of ``x`` only (``x`` observed with all the
+        unit's channels, before choosing which stay)."""
+        return CrossStats(
+            self.x_total[kept],
+            self.r_total,
+            self.xx[np.ix_(kept, kept)],
+            self.xr[kept],
+            self.rr,
+            self.count,
+        )
+
+    def covariances(self) -> tuple[np.ndarray, np.ndarray]:
+        """``C_xx`` and ``C_xr`` over the observations."""
+        count = max(self.count, 1)
+        mu_x, mu_r = self.x_total / count, self.r_total / count
+        return self.xx / count - np.outer(mu_x, mu_x), self.xr / count - np.outer(mu_x, mu_r)
+
     def add(self, x: np.ndarray, r: np.ndarray) -> None:
         """Accumulate paired observations given as rows (``k x m`` and ``k x N``)."""
         x, r = x.astype(np.float64), r.astype(np.float64)
@@ -173,8 +191,7 @@ def solve_sequential(
     m = len(kept)
     count = max(stats.count, 1)
     mu_x, mu_r = stats.x_total / count, stats.r_total / count
-    cxx = stats.xx / count - np.outer(mu_x, mu_x)
-    cxr = stats.xr / count - np.outer(mu_x, mu_r)
+    cxx, cxr = stats.covariances()
     raw = float(np.trace(stats.xx)) / count  # E|x|^2: a floor where C_xx cancels to ~0
     lam = ridge * max(float(np.trace(cxx)), 1e-6 * raw, 1e-12) / max(m, 1)
     passthrough = np.zeros_like(cxr)  # P: m x N
