@@ -160,8 +160,8 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Which channels go: lowest L2 or L1 norm of the filter, nearest the geometric "
     "median, or (reconstruction) those the kept ones rebuild best in the consumers' output, "
     "chosen greedily from the activations in sequential calibration. Default: "
-    "reconstruction with --calibration-data, l2 otherwise (on synthetic inputs it chose "
-    "worse than l2 on one model of five).",
+    "reconstruction with --calibration-data, l2 otherwise (on synthetic inputs it lost to "
+    "l2 on two of the benchmark's nine models).",
 )
 @click.option(
     "--exclude",

@@ -39,7 +39,8 @@ from lbyl_onnx.graph.io import load_model
 METHODS = ("prune", "nm", "lbyl", "lbyl-nn", "lbyl+syn", "lbyl+cal")
 """``prune``, ``nm``, ``lbyl``, ``lbyl-nn``: the closed forms (``--closed-form``);
 ``lbyl+syn``: the default, LBYL calibrated on synthetic inputs; ``lbyl+cal``: calibration mode
-(its default, sequential) with 256 unlabelled inputs disjoint from the evaluation."""
+(sequential) with 256 unlabelled inputs disjoint from the evaluation, the channels chosen by
+``l2`` (``scripts/selection_study.py`` compares its default, ``reconstruction``)."""
 CALIBRATION_SAMPLES = 256
 PLOTS = ROOT / "docs" / "plots"
 
@@ -145,6 +146,7 @@ def measure_model(
                 input_shapes=bench.input_shapes,
                 calibration_data=calibration if method.endswith("+cal") else None,
                 synthetic_calibration=method.endswith("+syn"),
+                criterion="l2",
             )
             seconds = time.perf_counter() - start
             q = bench.quality(model, n)

@@ -14,18 +14,22 @@ per-op overhead hides the MACs), at the batch that makes the original take about
 with ``--models``, only those models' rows are replaced.
 
     python scripts/budget_benchmark.py [--n 128] [--models a,b] [--round-to 8]
-        [--input-range 0,1]
+        [--input-range 0,1] [--default-compensation]
 
 With ``--round-to`` other than 8 the table goes to the ``budget-round-K`` markers instead;
 with ``--input-range R`` (the global allocation's synthetic inputs scaled by convention
 ``R`` instead of the estimated normalisation; the uniform ratio does not use them) to the
-``budget-input-R`` markers.
+``budget-input-R`` markers. With ``--default-compensation``, both use the tool's default
+(LBYL calibrated on synthetic inputs, which the global allocation's damage is then measured
+with) and only quality is measured (the widths' latency is the table's above): the
+``budget-default`` markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +95,66 @@ def uniform_ratio_for(original, bench: BenchModel, macs_fraction: float) -> floa
     return high
 
 
+def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Global allocation against the uniform ratio at equal MACs, both with the default
+    compensation; quality only."""
+    rows = []
+    for bench in prunable_models(args.models):
+        original = load_model(bench.path)
+        for budget in BUDGETS:
+            options = dict(check=False, input_shapes=bench.input_shapes)
+            try:
+                start = time.perf_counter()
+                global_model, report = lbyl_onnx.prune(original, target_macs=budget, **options)
+                global_seconds = time.perf_counter() - start
+            except UsageError as error:
+                lowest = str(error).split("keeps ")[1].split(" of")[0]
+                rows.append(f"| {bench.name} | {budget:.1f} | out of reach (lowest {lowest}) |")
+                rows[-1] += " |" * 6
+                print(rows[-1], flush=True)
+                continue
+            reached = report.after.macs / report.before.macs
+            ratio = uniform_ratio_for(original, bench, reached)
+            start = time.perf_counter()
+            uniform, uniform_report = lbyl_onnx.prune(original, ratio=ratio, **options)
+            uniform_seconds = time.perf_counter() - start
+            key, q_global = headline(bench.quality(global_model, args.n))
+            _, q_uniform = headline(bench.quality(uniform, args.n))
+            rows.append(
+                f"| {bench.name} | {budget:.1f} | {reached:.3f} | "
+                f"{uniform_report.after.macs / uniform_report.before.macs:.3f} ({ratio:.2f}) | "
+                f"{q_global:.3f} | {q_uniform:.3f} | {key} | {global_seconds:.1f} | "
+                f"{uniform_seconds:.1f} |"
+            )
+            print(rows[-1], flush=True)
+    section = "budget-default"
+    merged = merged_rows(section, rows, [m.name for m in development_models()])
+    lines = [
+        generated_by("budget_benchmark.py", argv or sys.argv[1:], merged, rows)
+        + "Both with the default compensation (LBYL calibrated on synthetic inputs). "
+        "*global*: `--target-macs B` (its damage measured on the synthetic inputs, with that "
+        "compensation); *uniform*: one `--ratio` (in brackets) removing the same MACs. "
+        "Seconds: the tool in process, without validation.",
+        "",
+        "| model | budget | MACs kept, global | MACs kept, uniform (ratio) | quality, global "
+        "| quality, uniform | metric | global s | uniform s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *merged,
+    ]
+    write_section(section, lines)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--models", help="comma-separated subset")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--input-range", choices=list(INPUT_RANGES))
+    parser.add_argument("--default-compensation", action="store_true")
     args = parser.parse_args(argv)
+    if args.default_compensation:
+        return quality_at_equal_macs(args, argv)
     input_range = INPUT_RANGES.get(args.input_range)
     models = prunable_models(args.models)
     rows = []

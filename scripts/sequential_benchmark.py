@@ -3,12 +3,13 @@ of the gap between the best data-free method and the original each closes.
 
 For each development model with prunable units and each ratio, it prunes data-free with
 ``prune``, ``nm``, ``lbyl`` and ``lbyl-nn`` (the best of them is the cell's data-free
-reference), then runs the command with ``--calibration-data`` (256 unlabelled inputs disjoint
-from the evaluation, as ``benchmark.py``), ``--no-check``, in a child process, once with
-``--independent`` and once with ``--sequential``, and measures quality as ``benchmark.py``
-does. *gap closed* is ``(q - q_free) / (q_original - q_free)``. Also each command's wall time
-and peak memory. Writes the section between the ``sequential`` markers of
-``docs/benchmarks.md``; with ``--models``, only those models' rows are replaced.
+reference), then runs the command with ``--calibration-data`` (256 unlabelled inputs
+disjoint from the evaluation, as ``benchmark.py``), ``--no-check``, in a child process, once
+with ``--independent`` and once with ``--sequential`` (both with ``--criterion l2``: the
+solving order alone), and measures quality as ``benchmark.py`` does. *gap closed* is
+``(q - q_free) / (q_original - q_free)``. Also each command's wall time and peak memory.
+Writes the section between the ``sequential`` markers of ``docs/benchmarks.md``; with
+``--models``, only those models' rows are replaced.
 
     python scripts/sequential_benchmark.py [--n 128] [--models a,b] [--ratios 0.1,0.2,0.3]
 
@@ -69,6 +70,7 @@ def model_rows(bench: BenchModel, ratios: list[float], data: Path, out: Path, n:
         for order in ("--independent", "--sequential"):
             command = [str(bench.path), str(out), "--ratio", str(ratio), order]
             command += ["--calibration-data", str(data), "--no-check", "-q"]
+            command += ["--criterion", "l2"]  # the solving order alone: selection_study.py
             command += bench.shape_flags()
             cost[order] = run_measured("from lbyl_onnx.cli import main; main()", command)
             quality[order] = headline(bench.quality(load_model(out), n))[1]
