@@ -211,16 +211,19 @@ def prunable_models(names: str | None = None) -> list[BenchModel]:
     return [m for m in models if m.name in names.split(",")] if names else models
 
 
-def against_nm_and_lbyl(quality: dict[str, float], candidate: str, metric: str, tie: float) -> str:
-    """``win``, ``tie`` or ``loss``: ``quality[candidate]`` against the better of
-    ``quality["nm"]`` and ``quality["lbyl"]``, a tie within ``tie`` (``rel_l2`` is an error:
-    lower is better)."""
-    pair = (quality["nm"], quality["lbyl"])
-    if metric == "rel_l2":
-        margin = min(pair) - quality[candidate]
-    else:
-        margin = quality[candidate] - max(pair)
+def verdict(ours: float, theirs: float, metric: str, tie: float) -> str:
+    """``win``, ``tie`` or ``loss`` of ``ours`` against ``theirs``, a tie within ``tie``
+    (``rel_l2`` is an error: lower is better)."""
+    margin = theirs - ours if metric == "rel_l2" else ours - theirs
     return "win" if margin > tie else "tie" if margin >= -tie else "loss"
+
+
+def against_nm_and_lbyl(quality: dict[str, float], candidate: str, metric: str, tie: float) -> str:
+    """:func:`verdict` of ``quality[candidate]`` against the better of ``quality["nm"]`` and
+    ``quality["lbyl"]``."""
+    pair = (quality["nm"], quality["lbyl"])
+    better = min(pair) if metric == "rel_l2" else max(pair)
+    return verdict(quality[candidate], better, metric, tie)
 
 
 def development_models(include_zoo: bool = True) -> list[BenchModel]:

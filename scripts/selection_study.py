@@ -27,6 +27,7 @@ from bench_models import (
     generated_by,
     merged_rows,
     prunable_models,
+    verdict,
     write_section,
 )
 from benchmark import CALIBRATION_SAMPLES, headline
@@ -38,12 +39,6 @@ TIE = 0.005
 """Quality differences below this count as ties (256 inputs: one input is 0.0039)."""
 
 SECTION = "selection"
-
-
-def verdict(ours: float, theirs: float, key: str) -> str:
-    """``win``, ``tie`` or ``loss`` of ``ours`` against ``theirs`` (rel_l2: lower is better)."""
-    better = theirs - ours if key == "rel_l2" else ours - theirs
-    return "tie" if abs(better) < TIE else ("win" if better > 0 else "loss")
 
 
 def gap_closed(calibrated: float, default: float, original: float) -> str:
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 seconds.append(time.perf_counter() - start)
                 quality.append(headline(bench.quality(model, args.n))[1])
-            cells = [f"{q:.3f}" for q in quality[:2]] + [verdict(quality[1], quality[0], key)]
+            cells = [f"{q:.3f}" for q in quality[:2]] + [verdict(quality[1], quality[0], key, TIE)]
             if len(quality) == 4 and key != "rel_l2":
                 default = quality[2]
                 cells += [f"{quality[2]:.3f}", f"{quality[3]:.3f}"]
