@@ -273,7 +273,7 @@ def prune(
         kept = None  # chosen by the sequential solve from the activations
         if config.criterion != "reconstruction":
             kept = keep_best(unit.arrays.weight, count, config.criterion)
-        recorded = statistics[unit.name] if statistics else None
+        recorded = statistics.get(unit.name) if statistics else None
         if config.method == "auto":
             method, solution = _choose(unit, kept, config, recorded, measurement)
         elif sequential is not None:
@@ -482,7 +482,7 @@ def _budget_counts(
     solver = replace(config, method="lbyl") if config.method in CURVES_BY_LBYL else config
 
     def solve(unit: Unit, kept: np.ndarray) -> Solution:
-        recorded = statistics[unit.name] if statistics else None
+        recorded = statistics.get(unit.name) if statistics else None
         return _solve(unit, kept, solver, recorded, judge_samples)
 
     def measure() -> Measured | None:
