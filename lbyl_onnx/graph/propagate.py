@@ -113,8 +113,7 @@ def conv_moments(
         mean = x.mean[source] * taps.sum(axis=1)
     else:
         full = _dense_weight(w, group, channels)  # O x C x taps
-        mixed = np.einsum("ocp,cd->odp", full, x.cov)  # sum_c W_ocp C_cd
-        cov = np.einsum("odp,pq,edq->oe", mixed, spatial, full)
+        cov = _mixed(full, x.cov, spatial).reshape(out, -1) @ full.reshape(out, -1).T
         mean = full.sum(axis=2) @ x.mean
     if bias is not None:
         mean = mean + bias.astype(np.float64).reshape(-1)
@@ -138,8 +137,13 @@ def _lagged_variance(x, w, group, channels, strides, dilations) -> np.ndarray:
         source = np.arange(out) // (out // channels)
         return x.cov[source, source] * np.einsum("op,pq,oq->o", flat, shifted, flat)
     full = _dense_weight(w, group, channels)
-    mixed = np.einsum("ocp,cd->odp", full, x.cov)
-    return np.einsum("odp,pq,odq->o", mixed, shifted, full)
+    return np.sum(_mixed(full, x.cov, shifted) * full, axis=(1, 2))
+
+
+def _mixed(full: np.ndarray, cov: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+    """``sum_{c,p} W_ocp C_cd R_pq`` (``O x C x taps``), as two matrix products."""
+    by_channel = np.einsum("ocp,cd->odp", full, cov, optimize=True)
+    return by_channel @ spatial
 
 
 def _weighted_correlation(lagged: np.ndarray, variance: np.ndarray) -> float:
