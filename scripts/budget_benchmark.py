@@ -20,9 +20,9 @@ With ``--round-to`` other than 8 the table goes to the ``budget-round-K`` marker
 with ``--input-range R`` (the global allocation's synthetic inputs scaled by convention
 ``R`` instead of the estimated normalisation; the uniform ratio does not use them) to the
 ``budget-input-R`` markers. With ``--default-compensation``, both use the tool's default
-(LBYL calibrated on synthetic inputs, which the global allocation's damage is then measured
-with) and only quality is measured (the widths' latency is the table's above): the
-``budget-default`` markers.
+(LBYL calibrated on synthetic inputs; the global allocation's damage curves are closed-form
+LBYL's measured on them) and only quality is measured (the widths' latency is the table's
+above): the ``budget-default`` markers.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> i
     lines = [
         generated_by("budget_benchmark.py", argv or sys.argv[1:], merged, rows)
         + "Both with the default compensation (LBYL calibrated on synthetic inputs). "
-        "*global*: `--target-macs B` (its damage measured on the synthetic inputs, with that "
-        "compensation); *uniform*: one `--ratio` (in brackets) removing the same MACs. "
+        "*global*: `--target-macs B` (its damage curves closed-form LBYL's, measured on "
+        "the synthetic inputs); *uniform*: one `--ratio` (in brackets) removing the same MACs. "
         "Seconds: the tool in process, without validation.",
         "",
         "| model | budget | MACs kept, global | MACs kept, uniform (ratio) | quality, global "

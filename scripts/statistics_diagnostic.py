@@ -1,7 +1,7 @@
 """Per unit of a model: how well data-free sources predict the statistics of real activations.
 
 For every prunable unit, the channels its consumers read (``Unit.record``) are described by
-three sources, compared against the third:
+four sources, the first three compared against the last:
 
 - **bn**: predicted from the unit's BatchNormalization alone (``z ~ N(beta, gamma^2)`` through
   the activation; ``lbyl_onnx.methods.moments``), where the unit keeps one with running
@@ -21,7 +21,8 @@ channels of the absolute error of the mean in units of the real standard deviati
 mean absolute difference of the off-diagonal channel correlations (``abs dcorr``).
 ``res@R`` (ratio ``R``, default 0.3): the activation-space residual on real statistics
 (relative to plain removal, lower is better) of the compensation solved on real statistics
-(``real-fit``), on synthetic ones (``syn-fit``), on synthetic correlations with the means and
+(``real-fit``), on synthetic ones (``syn-fit``), on propagated ones (``prop-fit``; ``-`` where
+the propagation does not reach the unit), on synthetic correlations with the means and
 standard deviations that BatchNormalization predicts where it does (``hyb-fit``, a candidate
 that calibration mode does not offer), and of data-free LBYL and Neuron Merging.
 The real inputs are split in two halves: the real-fit is solved on the first, every

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from models import conv_net, dense_net, weights_of, with_integer_input
 from test_quirks import _nhwc_arrays, _nhwc_head
 
-from lbyl_onnx import list_units, prune
+from lbyl_onnx import api, list_units, prune
 from lbyl_onnx.api import PruneConfig, summarize
 from lbyl_onnx.budget import budget_counts
 from lbyl_onnx.cli import main
@@ -135,6 +136,24 @@ def test_lbyl_nn_under_a_budget_takes_lbyls_widths_and_its_own_coefficients() ->
         not np.allclose(value, weights_of(nn_model)[name])
         for name, value in weights_of(lbyl_model).items()
     )
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["synthetic", "real"])
+def test_budget_curves_are_fitted_to_real_calibration_data_only(real: bool) -> None:
+    """A budget's damage curves solve each unit at many widths (``api._solve``; the final
+    compensation is the sequential solve's). On synthetic inputs, the default, they are
+    closed-form LBYL's, measured on the synthetic statistics but not fitted to them; on
+    real calibration data, the calibrated solution's. Either way the compensation folded
+    in is calibrated, sequentially."""
+    data = np.load(ROOT / "sample_models" / "digits_calibration.npz")["input"][:64]
+    calibration = {"input": data} if real else None
+    with mock.patch.object(api, "_solve", wraps=api._solve) as spy:
+        _, report = prune(str(VGG), target_macs=0.5, calibration_data=calibration, check=False)
+    fitted_to = [call.args[3] for call in spy.call_args_list]
+    assert fitted_to and all((stats is not None) == real for stats in fitted_to)
+    source = "64 samples" if real else "256 synthetic inputs"
+    assert report.mode.startswith(f"calibrated on {source}"), report.mode
+    assert "sequential" in report.mode
 
 
 @pytest.mark.parametrize(
