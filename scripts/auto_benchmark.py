@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import (
+    TIE,
     against_nm_and_lbyl,
     development_models,
     generated_by,
@@ -29,9 +30,6 @@ from benchmark import headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
-
-TIE = 0.005
-"""Quality differences below this count as ties (128 inputs: one input is 0.0078)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,10 @@ from lbyl_onnx.check import session  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 
+TIE = 0.005
+"""Quality differences below this count as ties in the studies' win/tie/loss (one input of
+256 is 0.0039, of 128 0.0078)."""
+
 
 def write_section(name: str, lines: list[str]) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` of

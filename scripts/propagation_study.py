@@ -24,6 +24,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import (
+    TIE,
     against_nm_and_lbyl,
     development_models,
     generated_by,
@@ -38,9 +39,6 @@ from lbyl_onnx import api
 from lbyl_onnx.graph.io import load_model
 from lbyl_onnx.graph.propagate import propagated_statistics
 from lbyl_onnx.synthetic import synthetic_inputs
-
-TIE = 0.005
-"""Quality differences below this count as ties (256 inputs: one input is 0.0039)."""
 
 SECTION = "propagation"
 INPUT_SAMPLES = 32

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import (
+    TIE,
     development_models,
     generated_by,
     merged_rows,
@@ -34,9 +35,6 @@ from benchmark import CALIBRATION_SAMPLES, headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
-
-TIE = 0.005
-"""Quality differences below this count as ties (256 inputs: one input is 0.0039)."""
 
 SECTION = "selection"
 

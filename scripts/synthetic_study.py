@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import (
+    TIE,
     against_nm_and_lbyl,
     development_models,
     generated_by,
@@ -34,9 +35,6 @@ import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
 from lbyl_onnx.measure import synthetic_calibration_count
 from lbyl_onnx.synthetic import CONVENTIONS
-
-TIE = 0.005
-"""Quality differences below this count as ties (256 inputs: one input is 0.0039)."""
 
 SECTION = "synthetic"
 
