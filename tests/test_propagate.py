@@ -256,3 +256,23 @@ def test_every_unit_of_a_batch_normalized_net_gets_statistics():
         cov = stats[unit.name].covariance
         assert cov.shape == (unit.channels, unit.channels)
         assert np.all(np.linalg.eigvalsh(cov) > -1e-9 * np.trace(cov))
+
+
+def test_flatten_of_a_small_map_keeps_the_spatial_correlations():
+    """Flatten orders features channel-major, so ``C kron R_H kron R_W`` is their exact
+    covariance: a dense layer on them gets exact moments (the spatial part matters: with
+    independent positions the output variance would be far off)."""
+    rng = np.random.default_rng(13)
+    start = start_moments(rng, 2, 0.8)
+    g = GraphBuilder()
+    x = g.input("x", ["N", 2, 4, 4])
+    flat = g.op("Flatten", [x], "flat", axis=1)
+    weight = np.abs(rng.standard_normal((3, 32))).astype("f")  # one sign: correlations add up
+    dense = g.op("Gemm", [flat, g.const("W", weight)], "dense", transB=1)
+    g.output(dense)
+    model = g.build()
+    (values,) = ort_outputs(model, {"x": gaussian_field(rng, start, 20000, 4, 4)})
+    predicted = propagate(model, {"x": start}, {"x": [1, 2, 4, 4]})["dense"]
+    reference = np.cov(values.astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(predicted.mean, values.mean(0), atol=0.05 * np.sqrt(reference.max()))
+    assert np.abs(predicted.cov - reference).max() < 0.05 * reference.max()

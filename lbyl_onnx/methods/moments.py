@@ -41,8 +41,9 @@ from numpy.polynomial import hermite_e
 from scipy.stats import norm
 
 HERMITE_TERMS = 24
-"""Terms of Mehler's series kept; the rest are below 1% of a variance for correlations up to
-0.9 (``tests/test_propagate.py`` checks the series against Monte Carlo)."""
+"""Terms of Mehler's series kept. For ReLU at zero mean the truncated series is within
+``1e-4 sigma_i sigma_j`` of the exact arc-cosine kernel up to correlation 0.9 and within
+``6e-4`` at 0.99 (``tests/test_propagate.py`` checks it)."""
 
 _NODES, _WEIGHTS = hermite_e.hermegauss(96)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
