@@ -222,6 +222,16 @@ def verdict(ours: float, theirs: float, metric: str, tie: float) -> str:
     return "win" if margin > tie else "tie" if margin >= -tie else "loss"
 
 
+def tally(rows: list[str], column: int = 6) -> str:
+    """``wins **w**, ties **t** and loses **l** of n cells``: the verdicts in table column
+    ``column`` (0 before the first ``|``) of ``rows``."""
+    verdicts = [row.split(" | ")[column] for row in rows]
+    return (
+        f"wins **{verdicts.count('win')}**, ties **{verdicts.count('tie')}** and loses "
+        f"**{verdicts.count('loss')}** of {len(rows)} cells"
+    )
+
+
 def against_nm_and_lbyl(quality: dict[str, float], candidate: str, metric: str, tie: float) -> str:
     """:func:`verdict` of ``quality[candidate]`` against the better of ``quality["nm"]`` and
     ``quality["lbyl"]``."""

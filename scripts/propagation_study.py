@@ -30,6 +30,7 @@ from bench_models import (
     generated_by,
     merged_rows,
     prunable_models,
+    tally,
     write_section,
 )
 from benchmark import headline
@@ -103,16 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(row, flush=True)
     merged = merged_rows(SECTION, rows, [m.name for m in development_models()])
-    verdicts = [row.split(" | ")[6] for row in merged]
     lines = [
         generated_by("propagation_study.py", argv or sys.argv[1:], merged, rows)
         + "*lbyl+prop*: LBYL's activation-space least squares and bias correction, unit by "
         "unit, on means and covariances propagated through the graph (no activation "
         "measured; *reached*: the units it had statistics for, the others closed-form LBYL). "
-        f"A tie: within {TIE}. rel_l2 is an error (lower is better). It wins "
-        f"**{verdicts.count('win')}**, ties **{verdicts.count('tie')}** and loses "
-        f"**{verdicts.count('loss')}** of {len(merged)} cells against the better of nm and "
-        "lbyl. Seconds: lbyl+prop in process, without validation.",
+        f"A tie: within {TIE}. rel_l2 is an error (lower is better). It {tally(merged)} "
+        "against the better of nm and lbyl. Seconds: lbyl+prop in process, without validation.",
         "",
         "| model | ratio | metric | nm | lbyl | lbyl+prop | lbyl+prop against max(nm, lbyl) "
         "| reached | lbyl+prop s |",

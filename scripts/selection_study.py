@@ -28,6 +28,7 @@ from bench_models import (
     generated_by,
     merged_rows,
     prunable_models,
+    tally,
     verdict,
     write_section,
 )
@@ -88,15 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row + " |")
             print(rows[-1], flush=True)
     merged = merged_rows(SECTION, rows, [m.name for m in development_models()])
-    verdicts = [row.split(" | ")[6] for row in merged]
     lines = [
         generated_by("selection_study.py", argv or sys.argv[1:], merged, rows)
         + f"Calibration mode on {CALIBRATION_SAMPLES} samples (sequential), the kept channels "
         "chosen by *l2* (the filters' norm) or by *reconstruction* (`--criterion "
         "reconstruction`: from the activations, those that rebuild the consumers' output "
         f"best). A tie: within {TIE}; rel_l2 is an error (lower is better). Reconstruction "
-        f"wins **{verdicts.count('win')}**, ties **{verdicts.count('tie')}** and loses "
-        f"**{verdicts.count('loss')}** of {len(merged)} cells against l2. At "
+        f"{tally(merged)} against l2. At "
         f"{args.gap_at:.1f}: *default* is the tool without data (synthetic calibration, l2), "
         "*synthetic, reconstruction* the same with `--criterion reconstruction`, and *gap "
         "closed* the share of the default's distance to the original that calibration mode "

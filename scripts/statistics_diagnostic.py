@@ -51,7 +51,7 @@ from lbyl_onnx.graph.record import record_statistics
 from lbyl_onnx.methods import METHODS, MethodOptions, kept_count
 from lbyl_onnx.methods.calibrated import ActivationStats, solve_calibrated
 from lbyl_onnx.methods.criteria import keep_best
-from lbyl_onnx.methods.moments import activation_means
+from lbyl_onnx.methods.moments import activation_means, second_moments
 from lbyl_onnx.synthetic import fit_normalisation, input_specs, synthetic_inputs
 
 
@@ -66,19 +66,7 @@ def bn_prediction(unit) -> tuple[np.ndarray | None, np.ndarray | None]:
     last = unit.activation or unit.bn
     if last is None or unit.record != last.output[0]:  # pooled: the spread is not predicted
         return means, None
-    # E[act(z)^2] by Gauss-Hermite quadrature, z ~ N(beta, gamma^2)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
-    weights = weights / weights.sum()
-    z = bn.beta[:, None] + np.abs(bn.gamma)[:, None] * nodes[None, :]
-    if model.kind == "identity":
-        act = z
-    elif model.kind == "relu":
-        act = np.maximum(z, 0)
-    elif model.kind == "leaky":
-        act = np.where(z > 0, z, np.asarray(model.slope).reshape(-1, 1) * z)
-    else:
-        act = np.clip(z, 0, np.inf if model.high is None else model.high)
-    second = act**2 @ weights
+    second = second_moments(bn.beta, np.abs(bn.gamma), model)  # E[act(z)^2], closed form
     return means, np.sqrt(np.maximum(second - means**2, 0.0))
 
 

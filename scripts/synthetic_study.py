@@ -27,6 +27,7 @@ from bench_models import (
     generated_by,
     merged_rows,
     prunable_models,
+    tally,
     write_section,
 )
 from benchmark import headline
@@ -82,15 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.input_range:
         return 0  # an ablation: printed, not written
     merged = merged_rows(SECTION, rows, [m.name for m in development_models()])
-    verdicts = [row.split(" | ")[6] for row in merged]
     lines = [
         generated_by("synthetic_study.py", argv or sys.argv[1:], merged, rows)
         + "*lbyl+syn*: `--method lbyl --synthetic-calibration` (sequential activation-space "
         "least squares and bias correction, on synthetic images scaled as estimated from the "
         "model; *inputs*: how many it made). A tie: within "
-        f"{TIE}. rel_l2 is an error (lower is better). It wins **{verdicts.count('win')}**, "
-        f"ties **{verdicts.count('tie')}** and loses **{verdicts.count('loss')}** of "
-        f"{len(merged)} cells against the better of nm and lbyl.",
+        f"{TIE}. rel_l2 is an error (lower is better). It {tally(merged)} against the "
+        "better of nm and lbyl.",
         "",
         "| model | ratio | metric | nm | lbyl | lbyl+syn | lbyl+syn against max(nm, lbyl) "
         "| inputs | lbyl s | lbyl+syn s |",

@@ -103,47 +103,38 @@ def conv_moments(
     out, per_group, kh, kw = weight.shape
     channels = per_group * group
     w = weight.astype(np.float64)
-    rows = _window_correlation(x.rho, kh, dilations[0])
-    cols = _window_correlation(x.rho, kw, dilations[1])
-    spatial = np.kron(rows, cols)  # taps in row-major order, as the weight stores them
     if per_group == 1 and group == channels:  # depthwise: C'_oo' = C_c(o)c(o') w_o^T R w_o'
         taps = w.reshape(out, -1)
         source = np.arange(out) // (out // channels)
-        cov = x.cov[np.ix_(source, source)] * (taps @ spatial @ taps.T)
         mean = x.mean[source] * taps.sum(axis=1)
+
+        def form(spatial: np.ndarray, diagonal: bool = False) -> np.ndarray:
+            if diagonal:
+                return x.cov[source, source] * np.einsum("op,pq,oq->o", taps, spatial, taps)
+            return x.cov[np.ix_(source, source)] * (taps @ spatial @ taps.T)
+
     else:
         full = _dense_weight(w, group, channels)  # O x C x taps
-        cov = _mixed(full, x.cov, spatial).reshape(out, -1) @ full.reshape(out, -1).T
+        by_channel = np.einsum("ocp,cd->odp", full, x.cov, optimize=True)  # sum_c W_ocp C_cd
         mean = full.sum(axis=2) @ x.mean
+
+        def form(spatial: np.ndarray, diagonal: bool = False) -> np.ndarray:
+            mixed = by_channel @ spatial  # sum_{c,p} W_ocp C_cd R_pq
+            if diagonal:
+                return np.sum(mixed * full, axis=(1, 2))
+            return mixed.reshape(out, -1) @ full.reshape(out, -1).T
+
+    rows = _window_correlation(x.rho, kh, dilations[0])
+    cols = _window_correlation(x.rho, kw, dilations[1])
+    cov = form(np.kron(rows, cols))  # taps in row-major order, as the weight stores them
     if bias is not None:
         mean = mean + bias.astype(np.float64).reshape(-1)
     rho = 0.0
-    if x.rho > 0:
-        lag = _lagged_variance(x, w, group, channels, strides, dilations)
-        rho = _weighted_correlation(lag, np.diag(cov))
+    if x.rho > 0:  # each channel with itself one output position (a stride) to the right
+        taps_x = np.arange(kw) * dilations[1]
+        shifted = x.rho ** np.abs(taps_x[:, None] - taps_x[None, :] - strides[1])
+        rho = _weighted_correlation(form(np.kron(rows, shifted), diagonal=True), np.diag(cov))
     return Moments(mean, (cov + cov.T) / 2, rho)
-
-
-def _lagged_variance(x, w, group, channels, strides, dilations) -> np.ndarray:
-    """Per output channel, the covariance with itself one output position to the right
-    (``strides[1]`` input positions): the conv's covariance with ``R`` shifted."""
-    out, per_group, kh, kw = w.shape
-    rows = _window_correlation(x.rho, kh, dilations[0])
-    taps = np.arange(kw) * dilations[1]
-    cols = x.rho ** np.abs(taps[:, None] - taps[None, :] - strides[1])
-    shifted = np.kron(rows, cols)
-    if per_group == 1 and group == channels:
-        flat = w.reshape(out, -1)
-        source = np.arange(out) // (out // channels)
-        return x.cov[source, source] * np.einsum("op,pq,oq->o", flat, shifted, flat)
-    full = _dense_weight(w, group, channels)
-    return np.sum(_mixed(full, x.cov, shifted) * full, axis=(1, 2))
-
-
-def _mixed(full: np.ndarray, cov: np.ndarray, spatial: np.ndarray) -> np.ndarray:
-    """``sum_{c,p} W_ocp C_cd R_pq`` (``O x C x taps``), as two matrix products."""
-    by_channel = np.einsum("ocp,cd->odp", full, cov, optimize=True)
-    return by_channel @ spatial
 
 
 def _weighted_correlation(lagged: np.ndarray, variance: np.ndarray) -> float:
