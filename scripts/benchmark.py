@@ -76,21 +76,30 @@ def tool_cost(bench: BenchModel, folder: Path) -> tuple[Cost, Cost, Cost]:
     return tool, closed, floor
 
 
-def latency_ms(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], repeats: int) -> float:
-    """Median onnxruntime latency, one intra-op thread, default graph optimisations."""
+def latency_ms(
+    models: list[onnx.ModelProto | str], feeds: dict[str, np.ndarray], repeats: int
+) -> list[float]:
+    """Median onnxruntime latency of each model (one intra-op thread, default graph
+    optimisations), measured in ``repeats`` interleaved rounds that run every model once,
+    each round in a rotated order: the machine's drift (frequency, other tenants) falls on
+    all of them alike instead of on whichever was measured last."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 4
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    sessions = []
+    for model in models:
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        sessions.append(ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]))
+        sessions[-1].run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for round_ in range(repeats):
+        for k in range(len(sessions)):
+            index = (round_ + k) % len(sessions)
+            start = time.perf_counter()
+            sessions[index].run(None, feeds)
+            times[index].append(time.perf_counter() - start)
+    return [1000 * float(np.median(t)) for t in times]
 
 
 def latency_feeds(bench: BenchModel, batch: int) -> dict[str, np.ndarray] | None:
@@ -178,10 +187,7 @@ def measure_model(
                 feeds = latency_feeds(bench, batch)
                 if feeds is None:
                     continue
-                lat[batch] = [
-                    latency_ms(str(bench.path), feeds, repeats),
-                    latency_ms(pruned, feeds, repeats),
-                ]
+                lat[batch] = latency_ms([str(bench.path), pruned], feeds, repeats)
             result["latency"] = lat
     return result
 

@@ -77,7 +77,14 @@ def busy_batch(bench: BenchModel, base: float) -> tuple[dict | None, float]:
         return None, base  # a fixed batch: only that one is measured
     # the evaluation inputs, repeated up to the batch where there are fewer
     feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in bench.inputs(batch).items()}
-    return feeds, latency_ms(str(bench.path), feeds, repeats_for(BUSY_MS))
+    return feeds, latency_ms([str(bench.path)], feeds, repeats_for(BUSY_MS))[0]
+
+
+def speed_ups(models: list, feeds: dict, base: float, macs_kept: list[float]) -> list[str]:
+    """Each pruned model's latency cut divided by its MAC cut, the original (``models[0]``,
+    about ``base`` ms) measured in the same interleaved rounds."""
+    original, *pruned = latency_ms(models, feeds, repeats_for(base))
+    return [speed_up(original, ms, kept) for ms, kept in zip(pruned, macs_kept, strict=True)]
 
 
 def uniform_ratio_for(original, bench: BenchModel, macs_fraction: float) -> float:
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for bench in models:
         original = load_model(bench.path)
         feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
-        base = latency_ms(str(bench.path), feeds, repeats_for(1.0))
+        base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
         busy_feeds, busy_base = busy_batch(bench, base)
         for budget in BUDGETS:
             options = dict(  # the closed-form compensation: seconds per prune, not minutes
@@ -185,23 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             uniform, uniform_report = lbyl_onnx.prune(original, ratio=ratio, **options)
             key, q_global = headline(bench.quality(global_model, args.n))
             _, q_uniform = headline(bench.quality(uniform, args.n))
-            cells = [
-                speed_up(base, latency_ms(global_model, feeds, repeats_for(base)), reached),
-                f"{rounded_reached:.3f}",
-                speed_up(base, latency_ms(rounded, feeds, repeats_for(base)), rounded_reached),
-            ]
+            models = [str(bench.path), global_model, rounded]
+            kept = [reached, rounded_reached]
+            at_one = speed_ups(models, feeds, base, kept)
+            cells = [at_one[0], f"{rounded_reached:.3f}", at_one[1]]
             if busy_feeds is None:
                 cells += ["", "", ""]
             else:
                 batch = len(next(iter(busy_feeds.values())))
-                repeats = repeats_for(busy_base)
-                lat = latency_ms(global_model, busy_feeds, repeats)
-                lat_rounded = latency_ms(rounded, busy_feeds, repeats)
-                cells += [
-                    str(batch),
-                    speed_up(busy_base, lat, reached),
-                    speed_up(busy_base, lat_rounded, rounded_reached),
-                ]
+                cells += [str(batch), *speed_ups(models, busy_feeds, busy_base, kept)]
             row = (
                 f"| {bench.name} | {budget:.1f} | {reached:.3f} | "
                 f"{uniform_report.after.macs / uniform_report.before.macs:.3f} ({ratio:.2f}) | "
