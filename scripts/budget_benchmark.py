@@ -87,6 +87,35 @@ def speed_ups(models: list, feeds: dict, base: float, macs_kept: list[float]) ->
     return [speed_up(original, ms, kept) for ms, kept in zip(pruned, macs_kept, strict=True)]
 
 
+def mac_bound_share(original, bench: BenchModel, feeds: dict, base: float, round_to: int) -> str:
+    """The share of the original's latency that falls with its MACs: the slope ``b`` of the
+    least-squares line ``t / t0 = a + b m`` through the original and plain removal at MAC
+    budgets 0.9, 0.75, 0.6 and 0.45 (those within reach) rounded to ``round_to``, where
+    ``t`` is the latency (``t0`` the original's, about ``base`` ms) and ``m`` the MACs kept.
+    Where latency is a fixed part plus a part proportional to MACs, every allocation's
+    speed-up / MAC cut is ``b``: no choice of widths reaches 0.8 on a model whose ``b`` is
+    well below it."""
+    models, kept = [str(bench.path)], [1.0]
+    for budget in (0.9, 0.75, 0.6, 0.45):
+        try:
+            model, report = lbyl_onnx.prune(
+                original,
+                target_macs=budget,
+                round_to=round_to,
+                method="prune",
+                check=False,
+                input_shapes=bench.input_shapes,
+            )
+        except UsageError:
+            continue  # out of reach at this rounding
+        models.append(model)
+        kept.append(report.after.macs / report.before.macs)
+    if len(models) < 2:
+        return ""
+    times = np.array(latency_ms(models, feeds, repeats_for(base)))
+    return f"{np.polyfit(kept, times / times[0], 1)[0]:.2f}"
+
+
 def uniform_ratio_for(original, bench: BenchModel, macs_fraction: float) -> float:
     """The uniform ratio whose MACs come closest to ``macs_fraction`` of the original."""
     low, high = 0.0, 0.95
@@ -170,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
         base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
         busy_feeds, busy_base = busy_batch(bench, base)
+        share = mac_bound_share(
+            original,
+            bench,
+            busy_feeds or feeds,
+            busy_base if busy_feeds else base,
+            args.round_to,
+        )
         for budget in BUDGETS:
             options = dict(  # the closed-form compensation: seconds per prune, not minutes
                 check=False, input_shapes=bench.input_shapes, synthetic_calibration=False
@@ -180,27 +216,36 @@ def main(argv: list[str] | None = None) -> int:
             except UsageError as error:  # out of reach: the tool refuses (exit 2)
                 lowest = str(error).split("keeps ")[1].split(" of")[0]
                 row = f"| {bench.name} | {budget:.1f} | out of reach (lowest {lowest}) |"
-                rows.append(row + " |" * 9)
+                rows.append(row + " |" * 10)
                 print(rows[-1], flush=True)
                 continue
             reached = report.after.macs / report.before.macs
-            rounded, rounded_report = lbyl_onnx.prune(
-                original, target_macs=budget, round_to=args.round_to, **measured
-            )
-            rounded_reached = rounded_report.after.macs / rounded_report.before.macs
+            try:
+                rounded, rounded_report = lbyl_onnx.prune(
+                    original, target_macs=budget, round_to=args.round_to, **measured
+                )
+                rounded_reached = rounded_report.after.macs / rounded_report.before.macs
+            except UsageError:  # the multiples of K do not go low enough
+                rounded, rounded_reached = None, None
             ratio = uniform_ratio_for(original, bench, reached)
             uniform, uniform_report = lbyl_onnx.prune(original, ratio=ratio, **options)
             key, q_global = headline(bench.quality(global_model, args.n))
             _, q_uniform = headline(bench.quality(uniform, args.n))
-            models = [str(bench.path), global_model, rounded]
-            kept = [reached, rounded_reached]
-            at_one = speed_ups(models, feeds, base, kept)
-            cells = [at_one[0], f"{rounded_reached:.3f}", at_one[1]]
+            models, kept, missing = [str(bench.path), global_model], [reached], []
+            if rounded is None:
+                missing = ["out of reach"]
+            else:
+                models.append(rounded)
+                kept.append(rounded_reached)
+            at_one = [*speed_ups(models, feeds, base, kept), *missing]
+            reached_cell = missing[0] if missing else f"{rounded_reached:.3f}"
+            cells = [at_one[0], reached_cell, at_one[1]]
             if busy_feeds is None:
                 cells += ["", "", ""]
             else:
                 batch = len(next(iter(busy_feeds.values())))
-                cells += [str(batch), *speed_ups(models, busy_feeds, busy_base, kept)]
+                cells += [str(batch), *speed_ups(models, busy_feeds, busy_base, kept), *missing]
+            cells.append(share)
             row = (
                 f"| {bench.name} | {budget:.1f} | {reached:.3f} | "
                 f"{uniform_report.after.macs / uniform_report.before.macs:.3f} ({ratio:.2f}) | "
@@ -223,13 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime, one thread, median of at least 20 runs (about 2 s of them), at batch 1 "
         "(CenterFace: its fixed batch of 10) and, for models under 1 ms there, at the batch "
         f"that makes the original take about {BUSY_MS:.0f} ms; *speed-up / MAC cut* is the "
-        "latency cut divided by the MAC cut (1.0 = latency falls in proportion to MACs).",
+        "latency cut divided by the MAC cut (1.0 = latency falls in proportion to MACs); "
+        "*latency share that falls with MACs*: the slope of the line through the "
+        "original's and plain removal's latencies (at the batch of the speed-up columns' "
+        "last) against their MACs, both relative to the original's, at four budgets "
+        f"rounded to {args.round_to}: the speed-up / MAC cut that any widths get where "
+        "latency is a fixed part plus a part proportional to MACs.",
         "",
         "| model | budget | MACs kept, global | MACs kept, uniform (ratio) | quality, global "
         "| quality, uniform | metric | speed-up / MAC cut | MACs kept, round-to "
         f"{args.round_to} | speed-up / MAC cut, round-to {args.round_to} | larger batch "
-        f"| speed-up / MAC cut there | same, round-to {args.round_to} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| speed-up / MAC cut there | same, round-to {args.round_to} "
+        f"| latency share that falls with MACs, round-to {args.round_to} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *merged,
     ]
     write_section(section, lines)
