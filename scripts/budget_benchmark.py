@@ -6,11 +6,13 @@ original), it prunes with ``--target-macs`` (global allocation) and with the uni
 that removes the same MACs (found by bisection), both with closed-form LBYL
 (``--closed-form``: synthetic calibration, the default, would take minutes per prune on the
 larger models; docs/benchmarks.md gives its one measured cell), measures quality as
-``benchmark.py`` does,
-and the latency (one thread, median) of the global allocation with and without rounding:
-at batch 1, and, for models that run in under a millisecond there (where onnxruntime's
-per-op overhead hides the MACs), at the batch that makes the original take about
-``BUSY_MS``. Writes the section between the ``budget`` markers of ``docs/benchmarks.md``;
+``benchmark.py`` does, and the latency (one thread, median) of the global allocation with
+and without rounding: at batch 1, and, for models that run in under a millisecond there
+(where onnxruntime's per-op overhead hides the MACs), at the batch that makes the original
+take about ``BUSY_MS``; the original and its pruned versions are measured in the same
+interleaved rounds. Per model, the share of its latency that falls with MACs at all
+(:func:`mac_bound_share`) is about what any widths can get. Writes the section between the
+``budget`` markers of ``docs/benchmarks.md``;
 with ``--models``, only those models' rows are replaced.
 
     python scripts/budget_benchmark.py [--n 128] [--models a,b] [--round-to 8]
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             except UsageError as error:  # out of reach: the tool refuses (exit 2)
                 lowest = str(error).split("keeps ")[1].split(" of")[0]
                 row = f"| {bench.name} | {budget:.1f} | out of reach (lowest {lowest}) |"
-                rows.append(row + " |" * 10)
+                rows.append(row + " |" * 11)
                 print(rows[-1], flush=True)
                 continue
             reached = report.after.macs / report.before.macs
