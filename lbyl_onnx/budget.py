@@ -102,10 +102,13 @@ def budget_counts(
     lowest = (fixed + total_cost(terms, smallest, channels)) / total if total else 1.0
     if fraction < lowest - 1e-9:
         flag = "--target-macs" if kind == "MACs" else "--target-params"
+        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
+        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
         raise UsageError(
             f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
-            f"allowed width the model keeps {lowest:.1%} of its {kind} (the rest is in layers "
-            "the tool cannot prune)"
+            f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
+            f"{lowest:.1%} of its {kind} (the rest is in those widths and in layers the tool "
+            "cannot prune)"
         )
     measured = measure()
     damage = [_damage_curve(u, config, solve, measured) for u in units]

@@ -291,9 +291,31 @@ def test_an_unreachable_budget_is_a_usage_error_and_writes_nothing(tmp_path: Pat
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert "--target-macs 0.05 cannot be reached" in result.output
+    assert "smallest allowed width (--min-keep 0.5)" in result.output
     lowest = float(result.output.split("keeps ")[1].split("%")[0]) / 100
     assert 0.25 <= lowest < 1.0  # every conv's output (and the next one's input) at least halved
     assert not out.exists()
+
+
+def test_an_unreachable_budget_names_the_rounding_that_sets_the_smallest_widths() -> None:
+    """Multiples of 16 keep at least 16 channels in each of digits_vgg_bn's units (conv1 16,
+    conv2 32, conv3 32, conv4 64, fc1 64): the message names the option, and the lowest share
+    is the one counted by hand from the weights' shapes (8 x 8 maps before the first pool,
+    4 x 4 after it, 2 x 2 into fc1)."""
+    macs = {  # (outputs, inputs per output, positions) per layer, as written and at 16
+        "conv1": ((16, 9, 64), (16, 9, 64)),
+        "conv2": ((32, 16 * 9, 64), (16, 16 * 9, 64)),
+        "conv3": ((32, 32 * 9, 16), (16, 16 * 9, 16)),
+        "conv4": ((64, 32 * 9, 16), (16, 16 * 9, 16)),
+        "fc1": ((64, 256, 1), (16, 16 * 4, 1)),
+        "fc2": ((10, 64, 1), (10, 16, 1)),
+    }
+    original = sum(np.prod(before) for before, _ in macs.values())
+    smallest = sum(np.prod(after) for _, after in macs.values())
+    with pytest.raises(UsageError, match=r"smallest allowed width \(--round-to 16\)") as error:
+        prune(onnx.load(str(VGG)), target_macs=0.01, round_to=16, check=False)
+    lowest = float(str(error.value).split("keeps ")[1].split("%")[0]) / 100
+    assert lowest == pytest.approx(smallest / original, abs=1e-3)  # 30.3%
 
 
 def test_budget_falls_back_to_filter_space_for_an_input_that_cannot_be_synthesised() -> None:
