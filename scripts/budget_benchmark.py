@@ -58,6 +58,11 @@ BUSY_MS = 20.0
 """Latency of the original at the larger batch measured for models under 1 ms at batch 1."""
 
 
+def lowest_share(error: UsageError) -> str:
+    """The lowest reachable share an unreachable budget's message names (``keeps X of``)."""
+    return str(error).split("keeps ")[1].split(" of")[0]
+
+
 def repeats_for(milliseconds: float) -> int:
     """Runs whose median is taken: at least 20, and about two seconds' worth."""
     return max(20, int(2000 / max(milliseconds, 1e-3)))
@@ -82,11 +87,14 @@ def busy_batch(bench: BenchModel, base: float) -> tuple[dict | None, float]:
     return feeds, latency_ms([str(bench.path)], feeds, repeats_for(BUSY_MS))[0]
 
 
-def speed_ups(models: list, feeds: dict, base: float, macs_kept: list[float]) -> list[str]:
-    """Each pruned model's latency cut divided by its MAC cut, the original (``models[0]``,
-    about ``base`` ms) measured in the same interleaved rounds."""
-    original, *pruned = latency_ms(models, feeds, repeats_for(base))
-    return [speed_up(original, ms, kept) for ms, kept in zip(pruned, macs_kept, strict=True)]
+def speed_ups(original: str, pruned: list[tuple], feeds: dict, base: float) -> list[str]:
+    """For each ``(model, MACs kept)`` in ``pruned``, its latency cut divided by its MAC cut
+    (``out of reach`` where the model is ``None``), the original (about ``base`` ms) measured
+    in the same interleaved rounds."""
+    made = [(model, kept) for model, kept in pruned if model is not None]
+    first, *times = latency_ms([original, *(m for m, _ in made)], feeds, repeats_for(base))
+    cells = iter([speed_up(first, ms, kept) for ms, (_, kept) in zip(times, made, strict=True)])
+    return [next(cells) if model is not None else "out of reach" for model, _ in pruned]
 
 
 def mac_bound_share(original, bench: BenchModel, feeds: dict, base: float, round_to: int) -> str:
@@ -146,7 +154,7 @@ def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> i
                 global_model, report = lbyl_onnx.prune(original, target_macs=budget, **options)
                 global_seconds = time.perf_counter() - start
             except UsageError as error:
-                lowest = str(error).split("keeps ")[1].split(" of")[0]
+                lowest = lowest_share(error)
                 rows.append(f"| {bench.name} | {budget:.1f} | out of reach (lowest {lowest}) |")
                 rows[-1] += " |" * 6
                 print(rows[-1], flush=True)
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 global_model, report = lbyl_onnx.prune(original, target_macs=budget, **measured)
             except UsageError as error:  # out of reach: the tool refuses (exit 2)
-                lowest = str(error).split("keeps ")[1].split(" of")[0]
+                lowest = lowest_share(error)
                 row = f"| {bench.name} | {budget:.1f} | out of reach (lowest {lowest}) |"
                 rows.append(row + " |" * 11)
                 print(rows[-1], flush=True)
@@ -233,20 +241,15 @@ def main(argv: list[str] | None = None) -> int:
             uniform, uniform_report = lbyl_onnx.prune(original, ratio=ratio, **options)
             key, q_global = headline(bench.quality(global_model, args.n))
             _, q_uniform = headline(bench.quality(uniform, args.n))
-            models, kept, missing = [str(bench.path), global_model], [reached], []
-            if rounded is None:
-                missing = ["out of reach"]
-            else:
-                models.append(rounded)
-                kept.append(rounded_reached)
-            at_one = [*speed_ups(models, feeds, base, kept), *missing]
-            reached_cell = missing[0] if missing else f"{rounded_reached:.3f}"
+            pruned = [(global_model, reached), (rounded, rounded_reached)]
+            at_one = speed_ups(str(bench.path), pruned, feeds, base)
+            reached_cell = f"{rounded_reached:.3f}" if rounded else "out of reach"
             cells = [at_one[0], reached_cell, at_one[1]]
             if busy_feeds is None:
                 cells += ["", "", ""]
             else:
                 batch = len(next(iter(busy_feeds.values())))
-                cells += [str(batch), *speed_ups(models, busy_feeds, busy_base, kept), *missing]
+                cells += [str(batch), *speed_ups(str(bench.path), pruned, busy_feeds, busy_base)]
             cells.append(share)
             row = (
                 f"| {bench.name} | {budget:.1f} | {reached:.3f} | "
