@@ -33,7 +33,7 @@ from models import STORAGES, GraphBuilder, _activation, conv_net, random_filters
 from lbyl_onnx import list_units, prune
 
 _LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "20000" if _LONG else "1000"))
+EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "20000" if _LONG else "500"))
 DECLINE_EXAMPLES = max(20, EXAMPLES // 5)
 
 IR_FOR_OPSET = {11: (6, 7), 13: (7, 8), 17: (8,), 21: (10,)}
