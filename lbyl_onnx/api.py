@@ -21,13 +21,14 @@ from .graph.record import batch_slices, record_statistics
 from .graph.rewrite import Plan, apply_plans
 from .graph.sequential import SequentialCalibration
 from .graph.shapes import (
+    batch_one_dims,
     count_macs,
     count_parameters,
     infer_shapes,
     op_counts,
-    static_input_dims,
     without_large_weights,
 )
+from .graph.timing import LatencyCosts, latency_costs
 from .graph.units import Declined, Unit, find_units
 from .measure import Measurement, make_synthetic, synthetic_calibration_count
 from .methods import CRITERIA, METHODS, MethodOptions, Solution, kept_count, solve_prune
@@ -56,6 +57,9 @@ class PruneConfig:
     ratio: float = 0.3
     target_macs: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None
+    """Keep this share of the model's onnxruntime time, measured on this machine
+    (:mod:`lbyl_onnx.graph.timing`)."""
     round_to: int = 1
     min_keep: float = 0.0
     method: str = "lbyl"
@@ -113,15 +117,13 @@ class PruneConfig:
             raise UsageError(f"unknown criterion '{self.criterion}' (choose from {known})")
         if self.criterion == "reconstruction" and not self.solves_sequentially:
             raise UsageError(RECONSTRUCTION_NEEDS)
-        if self.target_macs is not None and self.target_params is not None:
-            raise UsageError("give --target-macs or --target-params, not both")
-        for flag, value in (
-            ("--target-macs", self.target_macs),
-            ("--target-params", self.target_params),
-        ):
-            if value is not None and not 0.0 < value <= 1.0:
+        given = [(flag, value) for flag, _, value in self.budgets if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"give one budget, not both {given[0][0]} and {given[1][0]}")
+        for flag, value in given:
+            if not 0.0 < value <= 1.0:
                 raise UsageError(f"{flag} {value:g} is outside (0, 1]")
-        if (self.target_macs or self.target_params) and self.ratio_for:
+        if given and self.ratio_for:
             raise UsageError("--ratio-for cannot be combined with a --target budget")
         if self.round_to < 1:
             raise UsageError("--round-to must be at least 1")
@@ -141,6 +143,20 @@ class PruneConfig:
             known = ", ".join(CONVENTIONS)
             raise UsageError(f"unknown --input-range '{self.input_range}' (choose from {known})")
         return self
+
+    @property
+    def budgets(self) -> list[tuple[str, str, float | None]]:
+        """Each budget option: its flag, what it counts, its value (None: not given)."""
+        return [
+            ("--target-macs", "MACs", self.target_macs),
+            ("--target-params", "parameters", self.target_params),
+            ("--target-latency", "latency", self.target_latency),
+        ]
+
+    @property
+    def budget(self) -> tuple[str, str, float] | None:
+        """The budget given (flag, what it counts, value), or None for ratios."""
+        return next((b for b in self.budgets if b[2] is not None), None)
 
     @property
     def calibrates(self) -> bool:
@@ -171,10 +187,7 @@ def summarize(
 ) -> ModelSummary:
     """Parameters, MACs (at ``input_shapes`` with batch 1, else every unknown dimension 1),
     serialized bytes and op counts."""
-    dims = static_input_dims(model, 1)
-    for name, shape in (input_shapes or {}).items():
-        dims[name] = [1, *shape[1:]] if shape else shape
-    shapes = infer_shapes(model, dims)
+    shapes = infer_shapes(model, batch_one_dims(model, input_shapes))
     return ModelSummary(
         parameters=count_parameters(model),
         macs=count_macs(model, shapes),
@@ -231,7 +244,7 @@ def prune(
     config = _resolved_criterion(config, real_calibration=calibration is not None)
     calibration = calibration or synthetic
     warnings[:0] = fallback
-    budgeted = config.target_macs is not None or config.target_params is not None
+    budgeted = config.budget is not None
     synthesised = config.synthetic_calibration or (
         not calibration and (budgeted or config.method == "auto")
     )
@@ -498,8 +511,17 @@ def _budget_counts(
         recorded = statistics or record_statistics(model, units, inputs)
         return Measured(recorded, measurement.sensitivity())
 
+    def timed() -> LatencyCosts:
+        if unfixed := check.unfixed_inputs(model, config.input_shapes):
+            raise UsageError(
+                f"--target-latency needs --input-shape for input '{unfixed[0]}': its size "
+                "(other than the batch) is not fixed, and the time depends on it"
+            )
+        feeds = check.random_inputs(model, 1, config.seed, config.input_shapes)
+        return latency_costs(model, units, feeds, config.round_to, config.prune_residual)
+
     before = summarize(model, config.input_shapes)
-    counts, text = budget_counts(model, units, config, before, solve, measure)
+    counts, text = budget_counts(model, units, config, before, solve, measure, timed)
     if measurement.failure:
         return counts, f"{text}; damage in filter space ({measurement.failure})"
     return counts, f"{text}; damage measured on {measurement.source}"

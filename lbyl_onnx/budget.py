@@ -19,7 +19,8 @@ import onnx
 from .errors import UsageError
 from .graph.rewrite import consumer_column_gram
 from .graph.sensitivity import OutputSensitivity
-from .graph.shapes import infer_shapes, node_macs, static_input_dims
+from .graph.shapes import batch_one_dims, infer_shapes, node_macs
+from .graph.timing import LatencyCosts
 from .graph.units import Unit
 from .methods.allocation import (
     CostTerm,
@@ -60,22 +61,79 @@ def budget_counts(
     before: ModelSummary,
     solve: Callable[[Unit, np.ndarray], Solution],
     measure: Callable[[], Measured | None] = lambda: None,
+    timed: Callable[[], LatencyCosts] | None = None,
 ) -> tuple[dict[str, int], str]:
-    """Kept counts that meet ``--target-macs``/``--target-params`` with the least damage.
+    """Kept counts that meet ``--target-macs``/``--target-params``/``--target-latency`` with
+    the least damage.
 
     Costs: every Conv/Gemm/MatMul's MACs (or weights) scale with the kept fraction of its
     input channels (when it consumes a unit) and of its output channels (when it produces
-    one). Damage (:func:`_damage_curve`): with activation statistics, ``-log(1 - d)`` for
-    the share ``d`` of the consumers' output signal lost; without, the method's residual as
-    a fraction of the layer's filter energy. ``measure()`` gives the statistics, called only
-    once the budget is known to be reachable. Solved at up to ``DAMAGE_POINTS`` kept counts
-    per unit. Raises :class:`UsageError` when even the smallest allowed counts miss the
-    budget (the model would be destroyed, not made to fit).
+    one); for latency, each kernel's variable time does (``timed()``:
+    :func:`~lbyl_onnx.graph.timing.latency_costs`). Damage (:func:`_damage_curve`): with
+    activation statistics, ``-log(1 - d)`` for the share ``d`` of the consumers' output
+    signal lost; without, the method's residual as a fraction of the layer's filter energy.
+    ``measure()`` gives the statistics, called only once the budget is known to be
+    reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. Raises
+    :class:`UsageError` when even the smallest allowed counts miss the budget (the model
+    would be destroyed, not made to fit).
     """
-    kind = "MACs" if config.target_macs is not None else "parameters"
-    fraction = config.target_macs if config.target_macs is not None else config.target_params
-    shapes = infer_shapes(model, {**static_input_dims(model, 1), **(config.input_shapes or {})})
+    flag, kind, fraction = config.budget
     index = {u.name: i for i, u in enumerate(units)}
+    if kind == "latency":
+        costs = timed()
+        terms, total = costs.terms, costs.total
+        measured_on = (
+            f"; latency {costs.total / 1000:.3g} ms at {costs.inputs} (onnxruntime, one thread, "
+            f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
+        )
+    else:
+        terms = _static_terms(model, units, index, kind, config)
+        total = float(before.macs if kind == "MACs" else before.parameters)
+        measured_on = ""
+    counted = {t.output_unit for t in terms if t.base > 0}
+    frozen = [index[u.name] not in counted for u in units]
+    channels = [u.channels for u in units]
+    fixed = total - sum(t.base for t in terms)
+    smallest = [
+        n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
+        for n, f in zip(channels, frozen, strict=True)
+    ]
+    lowest = (fixed + total_cost(terms, smallest, channels)) / total if total else 1.0
+    if fraction < lowest - 1e-9:
+        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
+        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
+        raise UsageError(
+            f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
+            f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
+            f"{lowest:.1%} of its {kind} (the rest is in those widths and in layers the tool "
+            "cannot prune)"
+        )
+    measured = measure()
+    damage = [_damage_curve(u, config, solve, measured) for u in units]
+    kept = allocate(
+        channels, damage, terms, fraction * total - fixed, config.round_to, config.min_keep, frozen
+    )
+    reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
+    estimated = "estimated " if kind == "latency" else ""
+    text = f"{kind} {estimated}{reached:.1%} of the original (target {fraction:.1%}){measured_on}"
+    skipped = [
+        u.name
+        for u, f in zip(units, frozen, strict=True)
+        if f and len(candidate_counts(u.channels, config.round_to, config.min_keep)) > 1
+    ]
+    if skipped:
+        why = "not seen in the profile" if kind == "latency" else "unknown (pass --input-shape)"
+        text += f"; kept whole, {kind} {why}: {', '.join(skipped)}"
+    return {u.name: m for u, m in zip(units, kept, strict=True)}, text
+
+
+def _static_terms(
+    model: onnx.ModelProto, units: list[Unit], index: dict[str, int], kind: str, config
+) -> list[CostTerm]:
+    """One :class:`CostTerm` per node with MACs (``kind`` "MACs", at ``--input-shape`` with
+    batch 1, as the report counts them) or weights (Conv/Gemm/MatMul), placed between the
+    units it reads and writes."""
+    shapes = infer_shapes(model, batch_one_dims(model, config.input_shapes))
     producer_of = {p.output[0]: index[u.name] for u in units for p in u.producers}
     consumer_of = {c.node.output[0]: index[u.name] for u in units for c in u.consumers}
     values = {t.name: t.dims for t in model.graph.initializer}
@@ -90,37 +148,7 @@ def budget_counts(
         if base:
             out = node.output[0]
             terms.append(CostTerm(float(base), consumer_of.get(out), producer_of.get(out)))
-    counted = {t.output_unit for t in terms}
-    frozen = [index[u.name] not in counted for u in units]
-    total = float(before.macs if kind == "MACs" else before.parameters)
-    channels = [u.channels for u in units]
-    fixed = total - sum(t.base for t in terms)
-    smallest = [
-        n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
-        for n, f in zip(channels, frozen, strict=True)
-    ]
-    lowest = (fixed + total_cost(terms, smallest, channels)) / total if total else 1.0
-    if fraction < lowest - 1e-9:
-        flag = "--target-macs" if kind == "MACs" else "--target-params"
-        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
-        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
-        raise UsageError(
-            f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
-            f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
-            f"{lowest:.1%} of its {kind} (the rest is in those widths and in layers the tool "
-            "cannot prune)"
-        )
-    measured = measure()
-    damage = [_damage_curve(u, config, solve, measured) for u in units]
-    kept = allocate(
-        channels, damage, terms, fraction * total, config.round_to, config.min_keep, frozen
-    )
-    reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
-    text = f"{kind} {reached:.1%} of the original (target {fraction:.1%})"
-    skipped = [u.name for u, f in zip(units, frozen, strict=True) if f]
-    if skipped:
-        text += f"; kept whole, {kind} unknown (pass --input-shape): {', '.join(skipped)}"
-    return {u.name: m for u, m in zip(units, kept, strict=True)}, text
+    return terms
 
 
 def _damage_curve(

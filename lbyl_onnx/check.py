@@ -107,17 +107,25 @@ def random_inputs(
 
 
 def session(
-    model: onnx.ModelProto | bytes | str | os.PathLike, optimised: bool = False
+    model: onnx.ModelProto | bytes | str | os.PathLike,
+    optimised: bool = False,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """A CPU session with every graph optimisation disabled (``optimised``: onnxruntime's
-    defaults, for measurements where speed matters more than seeing the graph as written).
+    defaults, for measurements where speed matters more than seeing the graph as written;
+    ``profile_prefix``: a timed session, as deployed: default optimisations, one thread,
+    onnxruntime's profiler writing to files that start with it).
 
     ``model`` is a ``ModelProto``, its bytes, or a path. A large ``ModelProto``
     (:func:`io.is_large`) is written with external data into a temporary folder, without
     changing it, and run from there; the folder goes with the session.
     """
     options = ort.SessionOptions()
-    if not optimised:
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+    elif not optimised:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # fatal only: failures surface as exceptions, once
     staging = None
@@ -151,9 +159,13 @@ def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
     onnx.checker.check_model(model, full_check=full_check)
 
 
+def shapes_text(feeds: dict[str, np.ndarray]) -> str:
+    """The inputs' shapes as ``--input-shape`` writes them (``name:1x3x224x224, ...``)."""
+    return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+
+
 def describe(feeds: dict[str, np.ndarray], source: str) -> str:
-    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items())
-    return f"{source} ({shapes})"
+    return f"{source} ({shapes_text(feeds)})"
 
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputMetrics:
@@ -223,7 +235,7 @@ def validate(
         else:
             feeds = random_inputs(original, check_n, seed, input_shapes, guess)
             source = f"{check_n} seeded random normal samples"
-            if guess != 1 or _has_unknown_non_batch_dims(original, input_shapes):
+            if guess != 1 or unfixed_inputs(original, input_shapes):
                 source += f", unknown dimensions set to {guess} (pass --input-shape)"
         try:
             reference = reference_session.run(names, feeds)
@@ -258,16 +270,17 @@ def validate(
     return Validation("passed", inputs, "", metrics, shapes)
 
 
-def _has_unknown_non_batch_dims(
-    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None
-) -> bool:
+def unfixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[str]:
+    """The inputs with a dimension other than the batch that is neither declared nor given
+    in ``input_shapes``."""
+    unfixed = []
     for entry in real_inputs(model):
         if input_shapes and entry.name in input_shapes:
             continue
         dims = declared_dims(entry.type) or []
         if any(not (isinstance(d, int) and d > 0) for d in dims[1:]):
-            return True
-    return False
+            unfixed.append(entry.name)
+    return unfixed
 
 
 def first_line(error: BaseException | None) -> str:

@@ -16,7 +16,7 @@ interleaved rounds. Per model, the share of its latency that falls with MACs at 
 with ``--models``, only those models' rows are replaced.
 
     python scripts/budget_benchmark.py [--n 128] [--models a,b] [--round-to 8]
-        [--input-range 0,1] [--default-compensation]
+        [--input-range 0,1] [--default-compensation | --latency-budget]
 
 With ``--round-to`` other than 8 the table goes to the ``budget-round-K`` markers instead;
 with ``--input-range R`` (the global allocation's synthetic inputs scaled by convention
@@ -24,7 +24,9 @@ with ``--input-range R`` (the global allocation's synthetic inputs scaled by con
 ``budget-input-R`` markers. With ``--default-compensation``, both use the tool's default
 (LBYL calibrated on synthetic inputs; the global allocation's damage curves are closed-form
 LBYL's measured on them) and only quality is measured (the widths' latency is the table's
-above): the ``budget-default`` markers.
+above): the ``budget-default`` markers. With ``--latency-budget``, ``--target-latency B``
+against ``--target-macs B`` (both rounded to K): estimated and measured latency, MACs and
+quality; the ``budget-latency-round-K`` markers.
 """
 
 from __future__ import annotations
@@ -191,6 +193,85 @@ def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> i
     return 0
 
 
+def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--target-latency B`` against ``--target-macs B``, both rounded to K: the latency
+    the tool estimated and the latency measured (the original and both pruned models in the
+    same interleaved rounds), MACs, speed-up / MAC cut, quality."""
+    rows = []
+    for bench in prunable_models(args.models):
+        original = load_model(bench.path)
+        feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
+        base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
+        busy_feeds, busy_base = busy_batch(bench, base)
+        feeds, base = (busy_feeds, busy_base) if busy_feeds else (feeds, base)
+        timed_at = {name: list(value.shape) for name, value in feeds.items()}
+        batch = len(next(iter(feeds.values())))
+        for budget in BUDGETS:
+            options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
+            made, cells = [], []
+            for flag, shapes in (("target_latency", timed_at), ("target_macs", bench.input_shapes)):
+                try:
+                    start = time.perf_counter()
+                    model, report = lbyl_onnx.prune(
+                        original, **{flag: budget}, input_shapes=shapes, **options
+                    )
+                    seconds = time.perf_counter() - start
+                except UsageError as error:
+                    made.append(None)
+                    cells.append(f"out of reach (lowest {lowest_share(error)})")
+                    continue
+                made.append(model)
+                macs = report.after.macs / report.before.macs
+                estimated = (
+                    report.budget.split("estimated ")[1].split(" of")[0]
+                    if (flag == "target_latency")
+                    else ""
+                )
+                _, quality = headline(bench.quality(model, args.n))
+                cells.append((estimated, macs, quality, seconds))
+            present = [m for m in made if m is not None]
+            first, *times = latency_ms([str(bench.path), *present], feeds, repeats_for(base))
+            measured = iter(times)
+            row = [bench.name, str(batch), f"{budget:.1f}"]
+            for model, cell, width in zip(made, cells, (6, 4), strict=True):
+                if model is None:
+                    row += [cell, *[""] * (width - 1)]
+                    continue
+                estimated, macs, quality, seconds = cell
+                kept = next(measured) / first
+                row += [
+                    *([estimated] if estimated else []),
+                    f"{kept:.3f}",
+                    f"{macs:.3f}",
+                    f"{(1 - kept) / max(1 - macs, 1e-9):.2f}",
+                    f"{quality:.3f}",
+                    *([f"{seconds:.1f}"] if estimated else []),
+                ]
+            rows.append("| " + " | ".join(row) + " |")
+            print(rows[-1], flush=True)
+    section = f"budget-latency-round-{args.round_to}"
+    merged = merged_rows(section, rows, [m.name for m in development_models()])
+    lines = [
+        generated_by("budget_benchmark.py", argv or sys.argv[1:], merged, rows)
+        + f"Both rounded to {args.round_to}, method lbyl with `--closed-form`. *latency "
+        "budget*: `--target-latency B`, profiled by the tool at the batch given; *MAC "
+        "budget*: `--target-macs B`. Latency kept: measured afterwards, onnxruntime, one "
+        "thread, the original and both pruned models in the same interleaved rounds (at "
+        "least 20, about 2 s), at batch 1 or, for models under 1 ms there, at the batch that "
+        f"makes the original take about {BUSY_MS:.0f} ms (CenterFace: its fixed batch of "
+        "10). Quality as in the tables above (the two budgets keep different MACs, so their "
+        "quality columns are not an equal-MACs comparison).",
+        "",
+        "| model | batch | budget | latency budget: estimated | latency kept | MACs kept "
+        "| speed-up / MAC cut | quality | tool s | MAC budget: latency kept | MACs kept "
+        "| speed-up / MAC cut | quality |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *merged,
+    ]
+    write_section(section, lines)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128)
@@ -198,9 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--input-range", choices=list(INPUT_RANGES))
     parser.add_argument("--default-compensation", action="store_true")
+    parser.add_argument("--latency-budget", action="store_true")
     args = parser.parse_args(argv)
     if args.default_compensation:
         return quality_at_equal_macs(args, argv)
+    if args.latency_budget:
+        return latency_budgets(args, argv)
     input_range = INPUT_RANGES.get(args.input_range)
     models = prunable_models(args.models)
     rows = []

@@ -166,6 +166,9 @@ def test_budget_curves_are_fitted_to_real_calibration_data_only(real: bool) -> N
         (["--min-keep", "1.5"], "outside [0, 1]"),
         (["--target-macs", "0.5", "--ratio", "0.2"], "not both"),
         (["--target-macs", "0.5", "--input-range", "0,2"], "Invalid value for '--input-range'"),
+        (["--target-latency", "0.5", "--target-macs", "0.5"], "not both"),
+        (["--target-latency", "1.5"], "outside (0, 1]"),
+        (["--target-latency", "0.5", "--ratio", "0.2"], "not both"),
     ],
 )
 def test_bad_budget_options_are_usage_errors(tmp_path: Path, args, needle) -> None:

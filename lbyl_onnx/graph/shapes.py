@@ -95,6 +95,17 @@ def static_input_dims(model: onnx.ModelProto, value: int = 1) -> dict[str, list[
     return result
 
 
+def batch_one_dims(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
+) -> dict[str, list[int]]:
+    """The inputs' dimensions at which MACs are counted: ``input_shapes`` where given, else
+    the declared ones with every unknown dimension 1; the batch 1 in both."""
+    dims = static_input_dims(model, 1)
+    for name, shape in (input_shapes or {}).items():
+        dims[name] = [1, *shape[1:]] if shape else shape
+    return dims
+
+
 def count_parameters(model: onnx.ModelProto) -> int:
     """Elements of every floating-point initializer, ``Constant`` node and ``ConstantOfShape``
     of a constant shape (weights generated at load time)."""

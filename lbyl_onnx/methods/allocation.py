@@ -102,9 +102,10 @@ def allocate(
             return None
         m_now, m_next = grids[u][position[u]], grids[u][position[u] + 1]
         saved = unit_cost(u, m_now) - unit_cost(u, m_next)
+        if saved <= 0:
+            return None  # a step that saves nothing is never worth its damage
         added = damage[u](m_next) - damage[u](m_now)
-        priority = added / saved if saved > 0 else math.inf
-        return priority, u, version[u]
+        return added / saved, u, version[u]
 
     heap = [s for u in range(len(channels)) if (s := step(u)) is not None]
     heapq.heapify(heap)
