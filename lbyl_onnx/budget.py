@@ -87,7 +87,7 @@ def budget_counts(
             f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
         )
     else:
-        terms = _static_terms(model, units, index, kind, config)
+        terms = cost_terms(model, units, index, kind, config)
         total = float(before.macs if kind == "MACs" else before.parameters)
         measured_on = ""
     counted = {t.output_unit for t in terms if t.base > 0}
@@ -127,8 +127,12 @@ def budget_counts(
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
 
 
-def _static_terms(
-    model: onnx.ModelProto, units: list[Unit], index: dict[str, int], kind: str, config
+def cost_terms(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    index: dict[str, int],
+    kind: str,
+    config: PruneConfig,
 ) -> list[CostTerm]:
     """One :class:`CostTerm` per node with MACs (``kind`` "MACs", at ``--input-shape`` with
     batch 1, as the report counts them) or weights (Conv/Gemm/MatMul), placed between the

@@ -84,11 +84,11 @@ def test_profiled_kernels_resolve_to_the_units_they_scale_with(path: Path) -> No
 
 def _macs_as_time(model: onnx.ModelProto, scale: float, fixed: float):
     """Stand-in costs: each node's MACs times ``scale`` microseconds, plus ``fixed``."""
-    from lbyl_onnx.budget import _static_terms
+    from lbyl_onnx.budget import cost_terms
 
     units, _ = list_units(model)
     index = {u.name: i for i, u in enumerate(units)}
-    terms = _static_terms(model, units, index, "MACs", api.PruneConfig())
+    terms = cost_terms(model, units, index, "MACs", api.PruneConfig())
     scaled = [CostTerm(t.base * scale, t.input_unit, t.output_unit) for t in terms]
     total = sum(t.base for t in scaled) + fixed
     return LatencyCosts(scaled, total, "input:1x1x8x8", 10, 8)

@@ -195,7 +195,12 @@ def kernel_factors(
     return factors
 
 
-def _factor(node, writer, producer_of, consumer_of) -> tuple[int | None, int | None] | None:
+def _factor(
+    node: onnx.NodeProto,
+    writer: dict[str, onnx.NodeProto],
+    producer_of: dict[str, int],
+    consumer_of: dict[str, int],
+) -> tuple[int | None, int | None] | None:
     """Walk back from ``node`` through channel-wise ops to a matrix op; its units, or only its
     output unit where a kernel other than a fused activation lies between."""
     fused = True
