@@ -90,7 +90,10 @@ def budget_counts(
         terms = cost_terms(model, units, index, kind, config)
         total = float(before.macs if kind == "MACs" else before.parameters)
         measured_on = ""
-    counted = {t.output_unit for t in terms if t.base > 0}
+    if kind == "latency":  # a unit's channels save time wherever a kernel reads or writes them
+        counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
+    else:  # a unit whose own MACs (weights) are unknown is kept whole
+        counted = {t.output_unit for t in terms}
     frozen = [index[u.name] not in counted for u in units]
     channels = [u.channels for u in units]
     fixed = total - sum(t.base for t in terms)
@@ -122,8 +125,12 @@ def budget_counts(
         if f and len(candidate_counts(u.channels, config.round_to, config.min_keep)) > 1
     ]
     if skipped:
-        why = "not seen in the profile" if kind == "latency" else "unknown (pass --input-shape)"
-        text += f"; kept whole, {kind} {why}: {', '.join(skipped)}"
+        why = (
+            "no time measured to fall with their channels"
+            if kind == "latency"
+            else f"{kind} unknown (pass --input-shape)"
+        )
+        text += f"; kept whole, {why}: {', '.join(skipped)}"
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
 
 

@@ -134,6 +134,24 @@ def test_fixed_time_makes_a_latency_budget_unreachable_and_is_named() -> None:
     assert f"keeps {lowest:.1%} of its latency" in str(error.value)
 
 
+def test_a_unit_whose_channels_cost_no_time_is_kept_whole_and_named() -> None:
+    """A unit whose channels no kernel's time was seen to fall with (unmatched, or as fast at
+    half width: convolutions blocked by 16 around 16 channels) is not pruned for nothing,
+    and the budget line says which."""
+    model = onnx.load(str(VGG))
+    costs = _macs_as_time(model, 0.01, 0.0)
+    units, _ = list_units(model)
+    first = next(i for i, u in enumerate(units) if u.name == "conv1")
+    terms = [t for t in costs.terms if first not in (t.input_unit, t.output_unit)]
+    costs = LatencyCosts(terms, costs.total, costs.inputs, 10, 8)
+    with mock.patch.object(api, "latency_costs", return_value=costs):
+        _, report = prune(model, target_latency=0.7, synthetic_calibration=False, check=False)
+    widths = {u.name: (u.channels_before, u.channels_after) for u in report.units}
+    assert widths["conv1"][0] == widths["conv1"][1]
+    assert any(before > after for before, after in widths.values())
+    assert "kept whole, no time measured to fall with their channels: conv1" in report.budget
+
+
 def test_target_latency_from_the_command_line(tmp_path: Path) -> None:
     """The whole path on a real profile: widths at multiples of 8, a valid model written,
     and the budget line with what it was measured at."""
