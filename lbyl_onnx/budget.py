@@ -21,7 +21,7 @@ from .graph.rewrite import consumer_column_gram
 from .graph.sensitivity import OutputSensitivity
 from .graph.shapes import batch_one_dims, infer_shapes, node_macs
 from .graph.timing import LatencyCosts
-from .graph.units import Unit
+from .graph.units import Unit, units_by_tensor
 from .methods.allocation import (
     CostTerm,
     activation_damage,
@@ -78,7 +78,6 @@ def budget_counts(
     would be destroyed, not made to fit).
     """
     flag, kind, fraction = config.budget
-    index = {u.name: i for i, u in enumerate(units)}
     if kind == "latency":
         costs = timed()
         terms, total = costs.terms, costs.total
@@ -86,15 +85,14 @@ def budget_counts(
             f"; latency {costs.total / 1000:.3g} ms at {costs.inputs} (onnxruntime, one thread, "
             f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
         )
+        # a unit's channels save time wherever a kernel reads or writes them
+        counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
     else:
-        terms = cost_terms(model, units, index, kind, config)
+        terms = cost_terms(model, units, kind, config)
         total = float(before.macs if kind == "MACs" else before.parameters)
         measured_on = ""
-    if kind == "latency":  # a unit's channels save time wherever a kernel reads or writes them
-        counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
-    else:  # a unit whose own MACs (weights) are unknown is kept whole
-        counted = {t.output_unit for t in terms}
-    frozen = [index[u.name] not in counted for u in units]
+        counted = {t.output_unit for t in terms}  # a unit whose own cost is unknown stays whole
+    frozen = [i not in counted for i in range(len(units))]
     channels = [u.channels for u in units]
     fixed = total - sum(t.base for t in terms)
     smallest = [
@@ -135,18 +133,13 @@ def budget_counts(
 
 
 def cost_terms(
-    model: onnx.ModelProto,
-    units: list[Unit],
-    index: dict[str, int],
-    kind: str,
-    config: PruneConfig,
+    model: onnx.ModelProto, units: list[Unit], kind: str, config: PruneConfig
 ) -> list[CostTerm]:
     """One :class:`CostTerm` per node with MACs (``kind`` "MACs", at ``--input-shape`` with
     batch 1, as the report counts them) or weights (Conv/Gemm/MatMul), placed between the
     units it reads and writes."""
     shapes = infer_shapes(model, batch_one_dims(model, config.input_shapes))
-    producer_of = {p.output[0]: index[u.name] for u in units for p in u.producers}
-    consumer_of = {c.node.output[0]: index[u.name] for u in units for c in u.consumers}
+    producer_of, consumer_of = units_by_tensor(units)
     values = {t.name: t.dims for t in model.graph.initializer}
     terms = []
     for node in model.graph.node:

@@ -208,7 +208,7 @@ def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
         batch = len(next(iter(feeds.values())))
         for budget in BUDGETS:
             options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
-            made, cells = [], []
+            made = []  # per budget: (model, its report, quality, tool seconds), or a message
             for flag, shapes in (("target_latency", timed_at), ("target_macs", bench.input_shapes)):
                 try:
                     start = time.perf_counter()
@@ -217,36 +217,30 @@ def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
                     )
                     seconds = time.perf_counter() - start
                 except UsageError as error:
-                    made.append(None)
-                    cells.append(f"out of reach (lowest {lowest_share(error)})")
+                    made.append(f"out of reach (lowest {lowest_share(error)})")
                     continue
-                made.append(model)
-                macs = report.after.macs / report.before.macs
-                estimated = (
-                    report.budget.split("estimated ")[1].split(" of")[0]
-                    if (flag == "target_latency")
-                    else ""
-                )
                 _, quality = headline(bench.quality(model, args.n))
-                cells.append((estimated, macs, quality, seconds))
-            present = [m for m in made if m is not None]
+                made.append((model, report, quality, seconds))
+            present = [m[0] for m in made if not isinstance(m, str)]
             first, *times = latency_ms([str(bench.path), *present], feeds, repeats_for(base))
             measured = iter(times)
             row = [bench.name, str(batch), f"{budget:.1f}"]
-            for model, cell, width in zip(made, cells, (6, 4), strict=True):
-                if model is None:
-                    row += [cell, *[""] * (width - 1)]
+            for entry, width in zip(made, (6, 4), strict=True):
+                if isinstance(entry, str):
+                    row += [entry, *[""] * (width - 1)]
                     continue
-                estimated, macs, quality, seconds = cell
-                kept = next(measured) / first
-                row += [
-                    *([estimated] if estimated else []),
-                    f"{kept:.3f}",
+                _, report, quality, seconds = entry
+                ms, macs = next(measured), report.after.macs / report.before.macs
+                cells = [
+                    f"{ms / first:.3f}",
                     f"{macs:.3f}",
-                    f"{(1 - kept) / max(1 - macs, 1e-9):.2f}",
+                    speed_up(first, ms, macs),
                     f"{quality:.3f}",
-                    *([f"{seconds:.1f}"] if estimated else []),
                 ]
+                if width == 6:  # the latency budget: the tool's estimate, and its time
+                    estimate = report.budget.split("estimated ")[1].split(" of")[0]
+                    cells = [estimate, *cells, f"{seconds:.1f}"]
+                row += cells
             rows.append("| " + " | ".join(row) + " |")
             print(rows[-1], flush=True)
     section = f"budget-latency-round-{args.round_to}"

@@ -87,8 +87,7 @@ def _macs_as_time(model: onnx.ModelProto, scale: float, fixed: float):
     from lbyl_onnx.budget import cost_terms
 
     units, _ = list_units(model)
-    index = {u.name: i for i, u in enumerate(units)}
-    terms = cost_terms(model, units, index, "MACs", api.PruneConfig())
+    terms = cost_terms(model, units, "MACs", api.PruneConfig())
     scaled = [CostTerm(t.base * scale, t.input_unit, t.output_unit) for t in terms]
     total = sum(t.base for t in scaled) + fixed
     return LatencyCosts(scaled, total, "input:1x1x8x8", 10, 8)

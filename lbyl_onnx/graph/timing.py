@@ -41,7 +41,7 @@ from ..methods.allocation import CostTerm, candidate_counts
 from ..methods.base import identity_rows
 from .rewrite import Plan, apply_plans
 from .shapes import infer_shapes
-from .units import Unit, find_units
+from .units import Unit, find_units, units_by_tensor
 
 FUSED_INTO_CONV = {
     "Add",
@@ -179,11 +179,7 @@ def kernel_factors(
 ) -> dict[str, tuple[int | None, int | None]]:
     """For each kernel name the profile can show for ``named``'s nodes, the units whose
     kept counts its time scales with (input, output), where any (module docstring)."""
-    index = {u.producer.output[0]: i for i, u in enumerate(units)}
-    producer_of = {p.output[0]: index[u.producer.output[0]] for u in units for p in u.producers}
-    consumer_of = {
-        c.node.output[0]: index[u.producer.output[0]] for u in units for c in u.consumers
-    }
+    producer_of, consumer_of = units_by_tensor(units)
     writer = {out: node for node in named.graph.node for out in node.output}
     factors = {}
     for node in named.graph.node:

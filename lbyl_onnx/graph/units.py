@@ -125,6 +125,14 @@ class _Decline(Exception):
     """Internal: raised inside the matcher, turned into a :class:`Declined` record."""
 
 
+def units_by_tensor(units: list[Unit]) -> tuple[dict[str, int], dict[str, int]]:
+    """For each node output, the position in ``units`` of the unit whose channels the node
+    writes (its producers), and of the unit whose channels it reads (its consumers)."""
+    writes = {p.output[0]: i for i, u in enumerate(units) for p in u.producers}
+    reads = {c.node.output[0]: i for i, u in enumerate(units) for c in u.consumers}
+    return writes, reads
+
+
 def node_name(node: onnx.NodeProto) -> str:
     """A node's name, or a stand-in from its first output when it has none."""
     return node.name or f"<{node.op_type} -> {node.output[0]}>"
