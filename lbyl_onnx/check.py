@@ -127,6 +127,8 @@ def session(
         options.intra_op_num_threads = options.inter_op_num_threads = 1
     elif not optimised:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 4  # fatal only: failures surface as exceptions, once
     staging = None
     if isinstance(model, onnx.ModelProto):

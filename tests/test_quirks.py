@@ -476,7 +476,11 @@ def test_symbolic_and_unknown_dimensions_are_kept(dims: list) -> None:
             elif value is not None:
                 dim.dim_value = value
     onnx.checker.check_model(model, full_check=True)
-    pruned, report = prune(model, ratio=0.3)
+    # the default (synthetic calibration at 224 x 224 for the unknown sides) once; the
+    # closed form for the other spellings of a free dimension (a few seconds less each)
+    default = dims[2] == "H"
+    pruned, report = prune(model, ratio=0.3, synthetic_calibration=None if default else False)
+    assert report.mode.startswith("calibrated on" if default else "closed form")
     assert report.validation.status == "passed", report.validation.message
     assert len(report.units) == 2
     for before, after in (
