@@ -116,6 +116,9 @@ def session(
     ``profile_prefix``: a timed session, as deployed: default optimisations, one thread,
     onnxruntime's profiler writing to files that start with it).
 
+    Idle threads sleep instead of spinning: the tool runs NumPy between its onnxruntime
+    runs, and spinning threads would take the cores from it.
+
     ``model`` is a ``ModelProto``, its bytes, or a path. A large ``ModelProto``
     (:func:`io.is_large`) is written with external data into a temporary folder, without
     changing it, and run from there; the folder goes with the session.

@@ -35,6 +35,7 @@ What is assumed, and where it can be wrong:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,17 +97,26 @@ def spectral_noise(rng: np.random.Generator, height: int, width: int, alpha: flo
     ``f^(-alpha/2)`` (``f`` in cycles per pixel), the zero frequency none; the inverse real FFT
     is the field. The field is periodic (it wraps around at the borders).
     """
+    amplitude = _amplitude(height, width, alpha)
+    shape = amplitude.shape
+    coefficients = amplitude * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    field = np.fft.irfft2(coefficients, s=(height, width))
+    std = field.std()
+    return (field - field.mean()) / (std if std > 0 else 1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _amplitude(height: int, width: int, alpha: float) -> np.ndarray:
+    """``f^(-alpha/2)`` over the half-spectrum of a ``height x width`` field, 0 at ``f = 0``
+    (cached: the channels of one image share ``alpha``)."""
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
     f = np.sqrt(fx**2 + fy**2)
     f[0, 0] = 1.0
     amplitude = f ** (-alpha / 2)
     amplitude[0, 0] = 0.0
-    shape = amplitude.shape
-    coefficients = amplitude * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-    field = np.fft.irfft2(coefficients, s=(height, width))
-    std = field.std()
-    return (field - field.mean()) / (std if std > 0 else 1.0)
+    amplitude.flags.writeable = False
+    return amplitude
 
 
 def _colour(rng: np.random.Generator, channels: int, level: float, spread: float) -> np.ndarray:
@@ -134,17 +144,18 @@ def _soft(distance: np.ndarray, softness: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(distance / max(softness, 1e-3), -50, 50)))
 
 
-def _shape_mask(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, side: float):
+def _shape_mask(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, side: float):
     """Coverage of one random rectangle or ellipse, rotated, of size drawn log-uniformly
     between 3% and 60% of the image's short side (many small shapes, few large ones, as in
-    the dead-leaves model of natural images)."""
-    height, width = yy.shape
+    the dead-leaves model of natural images). ``y`` is the column of row indices, ``x`` the
+    row of column indices (the rotated coordinates are sums of a term along each)."""
+    height, width = len(y), x.shape[-1]
     cy, cx = rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width
     radius = side * np.exp(rng.uniform(np.log(0.03), np.log(0.6)))
     ry, rx = radius, radius * np.exp(rng.uniform(-1.0, 1.0))
     angle = rng.uniform(0, np.pi)
-    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+    v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
     if rng.random() < 0.5:  # ellipse: approximate signed distance
         r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
         distance = (r - 1.0) * min(rx, ry)
@@ -161,7 +172,10 @@ def _one_image(rng: np.random.Generator, channels: int, height: int, width: int)
     image = _colour(rng, channels, level, 0.08)[:, None, None] + contrast * _correlated_noise(
         rng, channels, height, width, alpha
     )
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    # coordinates as a column and a row: every distance below is a sum of a term along
+    # each, broadcast once to the image (the same values as on full grids, fewer operations)
+    yy = np.arange(height, dtype=np.float64)[:, None]
+    xx = np.arange(width, dtype=np.float64)[None, :]
     side = float(min(height, width))
     for _ in range(rng.integers(0, 4)):  # straight edges: a step across the whole image
         angle = rng.uniform(0, 2 * np.pi)

@@ -13,7 +13,7 @@ finiteness) and, for plain pruning, the same chain rebuilt here with the channel
 hand (L2 norms of the producers' raw filters computed here, ties kept at the lower index).
 Only *which* producers are units is taken from the tool (``list_units``).
 
-``GENERATED_EXAMPLES`` overrides the example count (default 1000, 20000 with the ``long``
+``GENERATED_EXAMPLES`` overrides the example count (default 500, 20000 with the ``long``
 hypothesis profile).
 """
 
