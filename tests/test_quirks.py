@@ -477,7 +477,7 @@ def test_symbolic_and_unknown_dimensions_are_kept(dims: list) -> None:
                 dim.dim_value = value
     onnx.checker.check_model(model, full_check=True)
     # the default (synthetic calibration at 224 x 224 for the unknown sides) once; the
-    # closed form for the other spellings of a free dimension (a few seconds less each)
+    # closed form for the other spellings of a free dimension (about 18 s less each)
     default = dims[2] == "H"
     pruned, report = prune(model, ratio=0.3, synthetic_calibration=None if default else False)
     assert report.mode.startswith("calibrated on" if default else "closed form")
