@@ -118,8 +118,8 @@ class PruneConfig:
         if self.criterion == "reconstruction" and not self.solves_sequentially:
             raise UsageError(RECONSTRUCTION_NEEDS)
         given = [(flag, value) for flag, _, value in self.budgets if value is not None]
-        if len(given) > 1:
-            raise UsageError(f"give one budget, not both {given[0][0]} and {given[1][0]}")
+        if self.target_macs is not None and self.target_params is not None:
+            raise UsageError("give one of --target-macs and --target-params, not both")
         for flag, value in given:
             if not 0.0 < value <= 1.0:
                 raise UsageError(f"{flag} {value:g} is outside (0, 1]")
@@ -155,8 +155,16 @@ class PruneConfig:
 
     @property
     def budget(self) -> tuple[str, str, float] | None:
-        """The budget given (flag, what it counts, value), or None for ratios."""
+        """The budget given (flag, what it counts, value), or None for ratios; with
+        ``--target-latency`` and a MAC or parameter budget, the latter."""
         return next((b for b in self.budgets if b[2] is not None), None)
+
+    @property
+    def latency_limit(self) -> float | None:
+        """``--target-latency`` where it is a limit besides a MAC or parameter budget."""
+        if self.target_latency is None or self.budget[1] == "latency":
+            return None
+        return self.target_latency
 
     @property
     def calibrates(self) -> bool:

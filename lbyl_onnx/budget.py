@@ -24,8 +24,10 @@ from .graph.timing import LatencyCosts
 from .graph.units import Unit, units_by_tensor
 from .methods.allocation import (
     CostTerm,
+    Limit,
     activation_damage,
     allocate,
+    allocate_within,
     candidate_counts,
     total_cost,
 )
@@ -73,50 +75,57 @@ def budget_counts(
     activation statistics, ``-log(1 - d)`` for the share ``d`` of the consumers' output
     signal lost; without, the method's residual as a fraction of the layer's filter energy.
     ``measure()`` gives the statistics, called only once the budget is known to be
-    reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. Raises
-    :class:`UsageError` when even the smallest allowed counts miss the budget (the model
-    would be destroyed, not made to fit).
+    reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. ``--target-latency``
+    given with ``--target-macs`` or ``--target-params`` is a limit the widths meet as well
+    (:func:`~lbyl_onnx.methods.allocation.allocate_within`). Raises :class:`UsageError` when
+    even the smallest allowed counts miss the budget or the limit (the model would be
+    destroyed, not made to fit).
     """
     flag, kind, fraction = config.budget
+    costs = timed() if kind == "latency" or config.latency_limit is not None else None
     if kind == "latency":
-        costs = timed()
         terms, total = costs.terms, costs.total
-        measured_on = (
-            f"; latency {costs.total / 1000:.3g} ms at {costs.inputs} (onnxruntime, one thread, "
-            f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
-        )
         # a unit's channels save time wherever a kernel reads or writes them
         counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
     else:
         terms = cost_terms(model, units, kind, config)
         total = float(before.macs if kind == "MACs" else before.parameters)
-        measured_on = ""
         counted = {t.output_unit for t in terms}  # a unit whose own cost is unknown stays whole
     frozen = [i not in counted for i in range(len(units))]
     channels = [u.channels for u in units]
-    fixed = total - sum(t.base for t in terms)
     smallest = [
         n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
         for n, f in zip(channels, frozen, strict=True)
     ]
-    lowest = (fixed + total_cost(terms, smallest, channels)) / total if total else 1.0
-    if fraction < lowest - 1e-9:
-        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
-        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
-        raise UsageError(
-            f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
-            f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
-            f"{lowest:.1%} of its {kind} (the rest is in those widths and in layers the tool "
-            "cannot prune)"
+    budget = _Cost(terms, total, total - sum(t.base for t in terms))
+    budget.reachable(fraction, smallest, channels, flag, kind, config)
+    limit = None
+    if config.latency_limit is not None:
+        limit = _Cost(costs.terms, costs.total, costs.total - sum(t.base for t in costs.terms))
+        limit.reachable(
+            config.latency_limit, smallest, channels, "--target-latency", "latency", config
         )
     measured = measure()
     damage = [_damage_curve(u, config, solve, measured) for u in units]
-    kept = allocate(
-        channels, damage, terms, fraction * total - fixed, config.round_to, config.min_keep, frozen
-    )
-    reached = (fixed + total_cost(terms, kept, channels)) / total if total else 1.0
+    common = (config.round_to, config.min_keep, frozen)
+    if limit is None:
+        kept = allocate(channels, damage, terms, budget.absolute(fraction), *common)
+    else:
+        within = Limit(limit.terms, limit.absolute(config.latency_limit))
+        kept = allocate_within(channels, damage, terms, budget.absolute(fraction), within, *common)
     estimated = "estimated " if kind == "latency" else ""
-    text = f"{kind} {estimated}{reached:.1%} of the original (target {fraction:.1%}){measured_on}"
+    reached = budget.share(kept, channels)
+    text = f"{kind} {estimated}{reached:.1%} of the original (target {fraction:.1%})"
+    if limit is not None:
+        text += (
+            f", latency estimated {limit.share(kept, channels):.1%} "
+            f"(target {config.latency_limit:.1%})"
+        )
+    if costs is not None:
+        text += (
+            f"; latency {costs.total / 1000:.3g} ms at {costs.inputs} (onnxruntime, one thread, "
+            f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
+        )
     skipped = [
         u.name
         for u, f in zip(units, frozen, strict=True)
@@ -130,6 +139,49 @@ def budget_counts(
         )
         text += f"; kept whole, {why}: {', '.join(skipped)}"
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
+
+
+@dataclass(frozen=True)
+class _Cost:
+    """A budget's cost model: the terms that scale with the kept counts, the whole model's
+    cost, and the part no width changes."""
+
+    terms: list[CostTerm]
+    total: float
+    fixed: float
+
+    def share(self, kept: list[int], channels: list[int]) -> float:
+        """The cost of ``kept`` as a share of the original's."""
+        if not self.total:
+            return 1.0
+        return (self.fixed + total_cost(self.terms, kept, channels)) / self.total
+
+    def absolute(self, fraction: float) -> float:
+        """What the terms may cost for the model to keep ``fraction`` of its cost."""
+        return fraction * self.total - self.fixed
+
+    def reachable(
+        self,
+        fraction: float,
+        smallest: list[int],
+        channels: list[int],
+        flag: str,
+        kind: str,
+        config: PruneConfig,
+    ) -> None:
+        """Raise :class:`UsageError` where even the smallest widths keep more than
+        ``fraction`` (the model would be destroyed, not made to fit)."""
+        lowest = self.share(smallest, channels)
+        if fraction >= lowest - 1e-9:
+            return
+        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
+        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
+        raise UsageError(
+            f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
+            f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
+            f"{lowest:.1%} of its {kind} (the rest is in those widths and in layers the tool "
+            "cannot prune)"
+        )
 
 
 def cost_terms(

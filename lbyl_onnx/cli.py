@@ -35,6 +35,7 @@ Examples:
   lbyl-onnx model.onnx small.onnx --calibration-data samples.npz   # with real inputs
   lbyl-onnx model.onnx small.onnx --target-macs 0.6 --round-to 8   # a budget, not a ratio
   lbyl-onnx model.onnx small.onnx --target-latency 0.7 --round-to 16  # 30% faster, here
+  lbyl-onnx model.onnx small.onnx --target-macs 0.7 --target-latency 0.76 --round-to 16
   lbyl-onnx resnet.onnx small.onnx --prune-residual   # also the convs feeding residual Adds
   lbyl-onnx model.onnx --list                         # what would be pruned, and why not
 
@@ -134,7 +135,9 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     metavar="F",
     help="Keep this fraction of the model's onnxruntime latency (like --target-macs), "
     "each layer's time per channel profiled here: CPU, one thread, at --input-shape (batch "
-    "included; default batch 1). The widths follow this machine's timings.",
+    "included; default batch 1). The widths follow this machine's timings. With --target-macs "
+    "or --target-params, a limit met as well: the MACs as budgeted, and at least this much "
+    "faster.",
 )
 @click.option(
     "--round-to",

@@ -16,7 +16,7 @@ interleaved rounds. Per model, the share of its latency that falls with MACs at 
 with ``--models``, only those models' rows are replaced.
 
     python scripts/budget_benchmark.py [--n 128] [--models a,b] [--round-to 8]
-        [--input-range 0,1] [--default-compensation | --latency-budget]
+        [--input-range 0,1] [--default-compensation | --latency-budget | --speed-up R]
 
 With ``--round-to`` other than 8 the table goes to the ``budget-round-K`` markers instead;
 with ``--input-range R`` (the global allocation's synthetic inputs scaled by convention
@@ -26,7 +26,9 @@ with ``--input-range R`` (the global allocation's synthetic inputs scaled by con
 LBYL's measured on them) and only quality is measured (the widths' latency is the table's
 above): the ``budget-default`` markers. With ``--latency-budget``, ``--target-latency B``
 against ``--target-macs B`` (both rounded to K): estimated and measured latency, MACs and
-quality; the ``budget-latency-round-K`` markers.
+quality; the ``budget-latency-round-K`` markers. With ``--speed-up R``, ``--target-macs B``
+alone and with the latency limit ``--target-latency 1 - R (1 - B)`` (the speed-up that
+falls R times as much as the MACs), both rounded to K: the ``budget-limit-round-K`` markers.
 """
 
 from __future__ import annotations
@@ -193,6 +195,81 @@ def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> i
     return 0
 
 
+def timing_feeds(bench: BenchModel) -> tuple[dict, float]:
+    """The feeds latency is measured on (batch 1, or the busy batch of :func:`busy_batch`;
+    CenterFace: its fixed batch of 10) and the original's latency on them, in ms."""
+    feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
+    base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
+    busy_feeds, busy_base = busy_batch(bench, base)
+    return (busy_feeds, busy_base) if busy_feeds else (feeds, base)
+
+
+def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--target-macs B`` alone and with ``--target-latency 1 - R (1 - B)`` (both rounded to
+    K): latency measured with the original's in the same interleaved rounds, MACs, speed-up
+    / MAC cut and quality of each."""
+    rows = []
+    limit_of = {budget: 1 - args.speed_up * (1 - budget) for budget in BUDGETS}
+    for bench in prunable_models(args.models):
+        original = load_model(bench.path)
+        feeds, base = timing_feeds(bench)
+        timed_at = {name: list(value.shape) for name, value in feeds.items()}
+        batch = len(next(iter(feeds.values())))
+        for budget in BUDGETS:
+            options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
+            limited = dict(target_latency=limit_of[budget], input_shapes=timed_at)
+            made = []
+            try:
+                for extra in (limited, dict(input_shapes=bench.input_shapes)):
+                    start = time.perf_counter()
+                    model, report = lbyl_onnx.prune(
+                        original, target_macs=budget, **extra, **options
+                    )
+                    seconds = time.perf_counter() - start
+                    _, quality = headline(bench.quality(model, args.n))
+                    made.append((model, report, quality, seconds))
+            except UsageError as error:
+                row = [bench.name, str(batch), f"{budget:.1f}", f"{limit_of[budget]:.3f}"]
+                reach = f"out of reach ({str(error).split()[0]}: lowest {lowest_share(error)})"
+                rows.append("| " + " | ".join([*row, reach, *[""] * 9]) + " |")
+                print(rows[-1], flush=True)
+                continue
+            first, *times = latency_ms(
+                [str(bench.path), *(m[0] for m in made)], feeds, repeats_for(base)
+            )
+            row = [bench.name, str(batch), f"{budget:.1f}", f"{limit_of[budget]:.3f}"]
+            for (_, report, quality, seconds), ms in zip(made, times, strict=True):
+                macs = report.after.macs / report.before.macs
+                cells = [f"{macs:.3f}", f"{ms / first:.3f}", speed_up(first, ms, macs)]
+                cells.append(f"{quality:.3f}")
+                if len(row) == 4:  # with the limit: the tool's estimate, and its time
+                    estimate = report.budget.split("latency estimated ")[1].split(" ")[0]
+                    cells = [cells[0], estimate, *cells[1:], f"{seconds:.1f}"]
+                row += cells
+            rows.append("| " + " | ".join(row) + " |")
+            print(rows[-1], flush=True)
+    section = f"budget-limit-round-{args.round_to}"
+    merged = merged_rows(section, rows, [m.name for m in development_models()])
+    lines = [
+        generated_by("budget_benchmark.py", argv or sys.argv[1:], merged, rows)
+        + f"Both rounded to {args.round_to}, method lbyl with `--closed-form`. *with the "
+        f"limit*: `--target-macs B --target-latency L`, L = 1 - {args.speed_up:g} (1 - B), "
+        "profiled by the tool at the batch given; *alone*: `--target-macs B`. Latency kept: "
+        "measured afterwards, onnxruntime, one thread, the original and both pruned models "
+        "in the same interleaved rounds (at least 20, about 2 s), at batch 1 or, for models "
+        f"under 1 ms there, at the batch that makes the original take about {BUSY_MS:.0f} ms "
+        "(CenterFace: its fixed batch of 10). Quality as in the tables above.",
+        "",
+        "| model | batch | budget | latency limit | with the limit: MACs kept | latency "
+        "estimated | latency kept | speed-up / MAC cut | quality | tool s | alone: MACs kept "
+        "| latency kept | speed-up / MAC cut | quality |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *merged,
+    ]
+    write_section(section, lines)
+    return 0
+
+
 def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``--target-latency B`` against ``--target-macs B``, both rounded to K: the latency
     the tool estimated and the latency measured (the original and both pruned models in the
@@ -200,10 +277,7 @@ def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
     rows = []
     for bench in prunable_models(args.models):
         original = load_model(bench.path)
-        feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
-        base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
-        busy_feeds, busy_base = busy_batch(bench, base)
-        feeds, base = (busy_feeds, busy_base) if busy_feeds else (feeds, base)
+        feeds, base = timing_feeds(bench)
         timed_at = {name: list(value.shape) for name, value in feeds.items()}
         batch = len(next(iter(feeds.values())))
         for budget in BUDGETS:
@@ -274,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-range", choices=list(INPUT_RANGES))
     parser.add_argument("--default-compensation", action="store_true")
     parser.add_argument("--latency-budget", action="store_true")
+    parser.add_argument("--speed-up", type=float, metavar="R")
     args = parser.parse_args(argv)
+    if args.speed_up is not None:
+        return latency_limits(args, argv)
     if args.default_compensation:
         return quality_at_equal_macs(args, argv)
     if args.latency_budget:

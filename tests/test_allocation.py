@@ -24,8 +24,10 @@ from lbyl_onnx.measure import SYNTHETIC_SAMPLES, Measurement
 from lbyl_onnx.methods import solve_lbyl
 from lbyl_onnx.methods.allocation import (
     CostTerm,
+    Limit,
     activation_damage,
     allocate,
+    allocate_within,
     candidate_counts,
     total_cost,
 )
@@ -101,6 +103,40 @@ def test_allocation_is_monotone_in_the_budget(network) -> None:
         previous = kept
 
 
+@given(networks(), st.floats(0.2, 1.0), st.floats(0.05, 1.0), st.integers(0, 2**32 - 1))
+def test_a_limit_is_met_with_the_budget(network, fraction, limit_fraction, seed) -> None:
+    """A second cost (random terms on the same units) limited besides the budget: both are
+    met wherever the smallest widths meet them; where the budget's own allocation already
+    meets the limit, that allocation is kept."""
+    channels, damage, terms, round_to = network
+    rng = np.random.default_rng(seed)
+    second = [CostTerm(float(rng.uniform(0, 100)), t.input_unit, t.output_unit) for t in terms]
+    full, second_full = (total_cost(t, channels, channels) for t in (terms, second))
+    target, limit = fraction * full, Limit(second, limit_fraction * second_full)
+    kept = allocate_within(channels, damage, terms, target, limit, round_to)
+    grids = [candidate_counts(n, round_to) for n in channels]
+    assert all(m in grid for m, grid in zip(kept, grids, strict=True))
+    smallest = [g[-1] for g in grids]
+    if total_cost(terms, smallest, channels) <= target:
+        assert total_cost(terms, kept, channels) <= target + 1e-9 * full
+    if total_cost(second, smallest, channels) <= limit.target:
+        assert total_cost(second, kept, channels) <= limit.target + 1e-9 * second_full
+    alone = allocate(channels, damage, terms, target, round_to)
+    if total_cost(second, alone, channels) <= limit.target:
+        assert kept == alone
+
+
+def test_a_limit_moves_the_cut_to_the_unit_that_saves_it() -> None:
+    """Two units of equal MACs: unit 0 is cheaper to cut but saves no time, unit 1 saves
+    all of it. The budget alone cuts unit 0; with the time limited to 75%, unit 1 is cut to
+    half instead (that meets both), not both units (past the budget)."""
+    terms = [CostTerm(100.0, None, 0), CostTerm(100.0, None, 1)]
+    time = [CostTerm(100.0, None, 1)]
+    damage = [lambda m: 0.1 * (1 - m / 10), lambda m: 1 - m / 10]
+    assert allocate([10, 10], damage, terms, 150.0) == [5, 10]
+    assert allocate_within([10, 10], damage, terms, 150.0, Limit(time, 75.0)) == [10, 5]
+
+
 def test_free_channels_go_first() -> None:
     """Two independent units of equal cost: the one whose damage stays 0 is cut first."""
     terms = [CostTerm(100.0, None, 0), CostTerm(100.0, None, 1)]
@@ -166,7 +202,8 @@ def test_budget_curves_are_fitted_to_real_calibration_data_only(real: bool) -> N
         (["--min-keep", "1.5"], "outside [0, 1]"),
         (["--target-macs", "0.5", "--ratio", "0.2"], "not both"),
         (["--target-macs", "0.5", "--input-range", "0,2"], "Invalid value for '--input-range'"),
-        (["--target-latency", "0.5", "--target-macs", "0.5"], "not both"),
+        (["--target-macs", "0.5", "--target-params", "0.5", "--target-latency", "0.9"], "not both"),
+        (["--target-macs", "0.9", "--target-latency", "0"], "outside (0, 1]"),
         (["--target-latency", "1.5"], "outside (0, 1]"),
         (["--target-latency", "0.5", "--ratio", "0.2"], "not both"),
     ],

@@ -133,6 +133,48 @@ def test_fixed_time_makes_a_latency_budget_unreachable_and_is_named() -> None:
     assert f"keeps {lowest:.1%} of its latency" in str(error.value)
 
 
+def test_a_latency_limit_with_a_macs_budget_meets_both() -> None:
+    """``--target-macs 0.7`` with ``--target-latency``: where the time falls only with conv2's
+    channels (stand-in costs), a loose limit leaves the MAC budget's widths as they are and a
+    tight one moves the cut to conv2; the MACs (the report's count) and the time (recomputed
+    from the stand-in costs at the written widths) both meet their targets."""
+    model = onnx.load(str(VGG))
+    units, _ = list_units(model)
+    second = next(i for i, u in enumerate(units) if u.name == "conv2")
+    costs = _macs_as_time(model, 0.01, 0.0)
+    terms = [t for t in costs.terms if second in (t.input_unit, t.output_unit)]
+    costs = LatencyCosts(terms, costs.total, costs.inputs, 10, 8)
+    channels = [u.channels for u in units]
+    fixed = costs.total - sum(t.base for t in terms)
+    options = dict(target_macs=0.7, synthetic_calibration=False, check=False)
+    _, alone = prune(model, **options)
+    alone_time = fixed + total_cost(terms, [u.channels_after for u in alone.units], channels)
+    with mock.patch.object(api, "latency_costs", return_value=costs):
+        _, loose = prune(model, target_latency=1.0, **options)
+        limit = alone_time / costs.total - 0.05
+        _, tight = prune(model, target_latency=limit, **options)
+    assert [u.channels_after for u in loose.units] == [u.channels_after for u in alone.units]
+    widths = [u.channels_after for u in tight.units]
+    assert tight.after.macs / tight.before.macs <= 0.7 + 1e-9
+    assert (fixed + total_cost(terms, widths, channels)) / costs.total <= limit + 1e-9
+    assert widths[second] < alone.units[second].channels_after
+    assert "MACs" in tight.budget and "(target 70.0%), latency estimated" in tight.budget
+    assert f"(target {limit:.1%})" in tight.budget
+
+
+def test_an_unreachable_latency_limit_is_named() -> None:
+    """Half the time fixed: a 40% latency limit beside a MAC budget is refused like a
+    latency budget, before any damage is measured."""
+    model = onnx.load(str(VGG))
+    costs = _macs_as_time(model, 0.01, fixed=0.0)
+    costs = LatencyCosts(costs.terms, 2 * costs.total, costs.inputs, 10, 8)
+    with (
+        mock.patch.object(api, "latency_costs", return_value=costs),
+        pytest.raises(UsageError, match=r"--target-latency 0.4 cannot be reached"),
+    ):
+        prune(model, target_macs=0.7, target_latency=0.4, synthetic_calibration=False)
+
+
 def test_a_unit_whose_channels_cost_no_time_is_kept_whole_and_named() -> None:
     """A unit whose channels no kernel's time was seen to fall with (unmatched, or as fast at
     half width: convolutions blocked by 16 around 16 channels) is not pruned for nothing,
@@ -166,6 +208,18 @@ def test_target_latency_from_the_command_line(tmp_path: Path) -> None:
     assert after.keys() == before.keys()
     assert all(m % 8 == 0 or m == before[name] for name, m in after.items())
     assert any(m < before[name] for name, m in after.items())
+
+
+def test_a_macs_budget_with_a_latency_limit_from_the_command_line(tmp_path: Path) -> None:
+    """Both flags together on a real profile: the run succeeds and the budget line gives
+    both targets (what is met is checked on stand-in costs above)."""
+    out = tmp_path / "out.onnx"
+    args = [str(VGG), str(out), "--target-macs", "0.8", "--target-latency", "0.95"]
+    result = CliRunner().invoke(main, [*args, "--input-shape", "input:64,1,8,8"])
+    assert result.exit_code == 0, result.output
+    assert "budget: MACs" in result.output and "(target 80.0%), latency estimated" in result.output
+    assert "(target 95.0%); latency" in result.output
+    onnx.checker.check_model(str(out), full_check=True)
 
 
 def test_a_step_that_saves_nothing_is_never_taken() -> None:

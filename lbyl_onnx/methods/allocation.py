@@ -10,6 +10,8 @@ cost saved, until the budget is met. Kept counts move along a grid: multiples of
 
 Taking steps in a fixed order makes the allocation monotone in the budget: a smaller budget
 continues the same sequence, so no unit keeps more channels than under a larger budget.
+A second cost that must also stay under a limit (latency under ``--target-latency`` with
+``--target-macs``) is priced into that order (:func:`allocate_within`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def total_cost(terms: Sequence[CostTerm], kept: Sequence[int], channels: Sequenc
     return total
 
 
+@dataclass(frozen=True)
+class Limit:
+    """A second cost the allocation must also bring to at most ``target`` (``--target-latency``
+    given with ``--target-macs``): its terms, priced like the budget's."""
+
+    terms: Sequence[CostTerm]
+    target: float
+
+
 def allocate(
     channels: Sequence[int],
     damage: Sequence[Callable[[int], float]],
@@ -67,12 +78,16 @@ def allocate(
     round_to: int = 1,
     min_keep: float = 0.0,
     frozen: Sequence[bool] | None = None,
+    limit: Limit | None = None,
+    price: float = 0.0,
 ) -> list[int]:
     """Kept counts per unit whose total cost is at most ``target`` (or as low as the grid
     allows), choosing greedily by damage added per cost saved (module docstring).
 
     ``damage[u](m)`` is unit ``u``'s damage when it keeps ``m`` channels (0 at ``m = N``);
-    ``frozen`` units keep all their channels.
+    ``frozen`` units keep all their channels. With a ``price``, a step's damage is lowered by
+    ``price`` times what it saves of ``limit``'s cost (:func:`allocate_within`); with a
+    ``limit``, the steps go on until its cost is at most its target too.
     """
     grids = [
         [n] if frozen and frozen[u] else candidate_counts(n, round_to, min_keep)
@@ -80,19 +95,19 @@ def allocate(
     ]
     position = [0] * len(channels)
     kept = list(channels)
+    limit_terms = limit.terms if limit else []
     cost = total_cost(terms, kept, channels)
-    by_unit: dict[int, list[CostTerm]] = {}
-    for term in terms:
-        for unit in {term.input_unit, term.output_unit} - {None}:
-            by_unit.setdefault(unit, []).append(term)
+    limit_cost = total_cost(limit_terms, kept, channels)
+    by_unit = _terms_by_unit(terms)
+    limit_by_unit = _terms_by_unit(limit_terms)
 
-    def unit_cost(u: int, m: int) -> float:
+    def unit_cost(u: int, m: int, grouped: dict[int, list[CostTerm]]) -> float:
         trial = list(kept)
         trial[u] = m
-        return total_cost(by_unit.get(u, []), trial, channels)
+        return total_cost(grouped.get(u, []), trial, channels)
 
     neighbours = {
-        u: sorted({v for t in by_unit.get(u, []) for v in (t.input_unit, t.output_unit)} - {None})
+        u: sorted({v for t in by_unit.get(u, []) + limit_by_unit.get(u, []) for v in _units_of(t)})
         for u in range(len(channels))
     }
     version = [0] * len(channels)
@@ -101,20 +116,25 @@ def allocate(
         if position[u] + 1 >= len(grids[u]):
             return None
         m_now, m_next = grids[u][position[u]], grids[u][position[u] + 1]
-        saved = unit_cost(u, m_now) - unit_cost(u, m_next)
+        saved = unit_cost(u, m_now, by_unit) - unit_cost(u, m_next, by_unit)
         if saved <= 0:
             return None  # a step that saves nothing is never worth its damage
         added = damage[u](m_next) - damage[u](m_now)
+        if price:
+            added -= price * (
+                unit_cost(u, m_now, limit_by_unit) - unit_cost(u, m_next, limit_by_unit)
+            )
         return added / saved, u, version[u]
 
     heap = [s for u in range(len(channels)) if (s := step(u)) is not None]
     heapq.heapify(heap)
-    while cost > target and heap:
+    while (cost > target or (limit and limit_cost > limit.target)) and heap:
         _, u, seen = heapq.heappop(heap)
         if seen != version[u]:
             continue  # stale: a neighbour moved since this step was priced
         m_next = grids[u][position[u] + 1]
-        cost -= unit_cost(u, kept[u]) - unit_cost(u, m_next)
+        cost -= unit_cost(u, kept[u], by_unit) - unit_cost(u, m_next, by_unit)
+        limit_cost -= unit_cost(u, kept[u], limit_by_unit) - unit_cost(u, m_next, limit_by_unit)
         kept[u] = m_next
         position[u] += 1
         for v in {u, *neighbours[u]}:  # bilinear terms: the neighbours' steps changed price
@@ -122,6 +142,77 @@ def allocate(
             if (entry := step(v)) is not None:
                 heapq.heappush(heap, entry)
     return kept
+
+
+def allocate_within(
+    channels: Sequence[int],
+    damage: Sequence[Callable[[int], float]],
+    terms: Sequence[CostTerm],
+    target: float,
+    limit: Limit,
+    round_to: int = 1,
+    min_keep: float = 0.0,
+    frozen: Sequence[bool] | None = None,
+) -> list[int]:
+    """Kept counts that meet the budget (``terms`` at most ``target``) and ``limit`` with
+    little damage: the Lagrangian relaxation of the limit.
+
+    Minimising damage ``D`` subject to the budget ``C <= target`` and the limit
+    ``L <= limit.target``, the limit enters the objective as ``D + mu * L``: the greedy
+    allocation ranks each step by ``(damage added - mu * L saved) / C saved`` and stops at
+    the budget. ``mu = 0`` is :func:`allocate`; as ``mu`` grows, the steps move to units
+    whose limit cost falls faster than their budget cost, whatever their damage. ``mu`` is
+    the smallest for which the allocation meets the limit at the budget (bracketed by
+    doubling, then bisected :data:`PRICE_BISECTIONS` times); where none does, up to
+    :data:`PRICE_DOUBLINGS` doublings, the largest one's steps go on past the budget until
+    the limit is met. Unlike :func:`allocate`, the result is not monotone in the budget: the
+    price differs between budgets."""
+    common = (round_to, min_keep, frozen)
+
+    def meets(kept: list[int]) -> bool:
+        return total_cost(limit.terms, kept, channels) <= limit.target
+
+    kept = allocate(channels, damage, terms, target, *common)
+    if meets(kept):
+        return kept
+    grids = [candidate_counts(n, round_to, min_keep) for n in channels]
+    worst = max(abs(d(g[-1])) for d, g in zip(damage, grids, strict=True))
+    full = total_cost(limit.terms, channels, channels)
+    low, high = 0.0, max(worst, 1e-12) / max(full, 1e-12) / 2**10
+    for _ in range(PRICE_DOUBLINGS):
+        if meets(allocate(channels, damage, terms, target, *common, price=high)):
+            break
+        low, high = high, 2 * high
+    else:  # no price meets the limit at the budget: past it, at the largest price
+        return allocate(channels, damage, terms, target, *common, limit=limit, price=low)
+    for _ in range(PRICE_BISECTIONS):
+        middle = (low + high) / 2
+        if meets(allocate(channels, damage, terms, target, *common, price=middle)):
+            high = middle
+        else:
+            low = middle
+    return allocate(channels, damage, terms, target, *common, price=high)
+
+
+PRICE_DOUBLINGS = 40
+"""How far :func:`allocate_within` raises the limit's price: from ``2**-10`` to ``2**30``
+times the largest damage per the limit's whole cost."""
+
+PRICE_BISECTIONS = 20
+"""Bisections of the limit's price between the last that misses it and the first that meets it."""
+
+
+def _terms_by_unit(terms: Sequence[CostTerm]) -> dict[int, list[CostTerm]]:
+    """The terms each unit's kept count scales."""
+    grouped: dict[int, list[CostTerm]] = {}
+    for term in terms:
+        for unit in _units_of(term):
+            grouped.setdefault(unit, []).append(term)
+    return grouped
+
+
+def _units_of(term: CostTerm) -> set[int]:
+    return {term.input_unit, term.output_unit} - {None}
 
 
 def activation_damage(
