@@ -76,10 +76,11 @@ def budget_counts(
     signal lost; without, the method's residual as a fraction of the layer's filter energy.
     ``measure()`` gives the statistics, called only once the budget is known to be
     reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. ``--target-latency``
-    given with ``--target-macs`` or ``--target-params`` is a limit the widths meet as well
-    (:func:`~lbyl_onnx.methods.allocation.allocate_within`). Raises :class:`UsageError` when
-    even the smallest allowed counts miss the budget or the limit (the model would be
-    destroyed, not made to fit).
+    given with ``--target-macs`` or ``--target-params`` is a limit the widths at that budget
+    meet as well (:func:`~lbyl_onnx.methods.allocation.allocate_within`). Raises
+    :class:`UsageError` when even the smallest allowed counts miss the budget or the limit
+    (the model would be destroyed, not made to fit), or when no widths at the budget meet
+    the limit.
     """
     flag, kind, fraction = config.budget
     costs = timed() if kind == "latency" or config.latency_limit is not None else None
@@ -113,6 +114,12 @@ def budget_counts(
     else:
         within = Limit(limit.terms, limit.absolute(config.latency_limit))
         kept = allocate_within(channels, damage, terms, budget.absolute(fraction), within, *common)
+        if (fastest := limit.share(kept, channels)) > config.latency_limit + 1e-9:
+            raise UsageError(
+                f"--target-latency {config.latency_limit:g} cannot be met with {flag} "
+                f"{fraction:g}: at that budget, the widths that save the most time keep an "
+                f"estimated {fastest:.1%} of the latency"
+            )
     estimated = "estimated " if kind == "latency" else ""
     reached = budget.share(kept, channels)
     text = f"{kind} {estimated}{reached:.1%} of the original (target {fraction:.1%})"

@@ -5,6 +5,7 @@ and the budget on costs that stand in for the profile."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -164,15 +165,25 @@ def test_a_latency_limit_with_a_macs_budget_meets_both() -> None:
 
 def test_an_unreachable_latency_limit_is_named() -> None:
     """Half the time fixed: a 40% latency limit beside a MAC budget is refused like a
-    latency budget, before any damage is measured."""
+    latency budget, before any damage is measured. A limit the smallest widths meet but no
+    widths at the budget do (a budget of 99% of the MACs against 60% of the time) is
+    refused too, with the share the fastest widths at the budget keep."""
     model = onnx.load(str(VGG))
     costs = _macs_as_time(model, 0.01, fixed=0.0)
-    costs = LatencyCosts(costs.terms, 2 * costs.total, costs.inputs, 10, 8)
+    halved = LatencyCosts(costs.terms, 2 * costs.total, costs.inputs, 10, 8)
+    options = dict(synthetic_calibration=False, check=False)
     with (
-        mock.patch.object(api, "latency_costs", return_value=costs),
+        mock.patch.object(api, "latency_costs", return_value=halved),
         pytest.raises(UsageError, match=r"--target-latency 0.4 cannot be reached"),
     ):
-        prune(model, target_macs=0.7, target_latency=0.4, synthetic_calibration=False)
+        prune(model, target_macs=0.7, target_latency=0.4, **options)
+    with (
+        mock.patch.object(api, "latency_costs", return_value=costs),
+        pytest.raises(UsageError, match=r"0.6 cannot be met with --target-macs 0.99") as error,
+    ):
+        prune(model, target_macs=0.99, target_latency=0.6, **options)
+    # time is MACs here: at the budget the fastest widths keep about 99% of it
+    assert re.search(r"save the most time keep an estimated 9\d\.\d% of the", str(error.value))
 
 
 def test_a_unit_whose_channels_cost_no_time_is_kept_whole_and_named() -> None:

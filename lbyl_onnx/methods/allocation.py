@@ -78,7 +78,7 @@ def allocate(
     round_to: int = 1,
     min_keep: float = 0.0,
     frozen: Sequence[bool] | None = None,
-    limit: Limit | None = None,
+    priced: Sequence[CostTerm] = (),
     price: float = 0.0,
 ) -> list[int]:
     """Kept counts per unit whose total cost is at most ``target`` (or as low as the grid
@@ -86,8 +86,7 @@ def allocate(
 
     ``damage[u](m)`` is unit ``u``'s damage when it keeps ``m`` channels (0 at ``m = N``);
     ``frozen`` units keep all their channels. With a ``price``, a step's damage is lowered by
-    ``price`` times what it saves of ``limit``'s cost (:func:`allocate_within`); with a
-    ``limit``, the steps go on until its cost is at most its target too.
+    ``price`` times what it saves of the ``priced`` terms' cost (:func:`allocate_within`).
     """
     grids = [
         [n] if frozen and frozen[u] else candidate_counts(n, round_to, min_keep)
@@ -95,11 +94,9 @@ def allocate(
     ]
     position = [0] * len(channels)
     kept = list(channels)
-    limit_terms = limit.terms if limit else []
     cost = total_cost(terms, kept, channels)
-    limit_cost = total_cost(limit_terms, kept, channels)
     by_unit = _terms_by_unit(terms)
-    limit_by_unit = _terms_by_unit(limit_terms)
+    priced_by_unit = _terms_by_unit(priced)
 
     def unit_cost(u: int, m: int, grouped: dict[int, list[CostTerm]]) -> float:
         trial = list(kept)
@@ -107,7 +104,7 @@ def allocate(
         return total_cost(grouped.get(u, []), trial, channels)
 
     neighbours = {
-        u: sorted({v for t in by_unit.get(u, []) + limit_by_unit.get(u, []) for v in _units_of(t)})
+        u: sorted({v for t in by_unit.get(u, []) + priced_by_unit.get(u, []) for v in _units_of(t)})
         for u in range(len(channels))
     }
     version = [0] * len(channels)
@@ -122,19 +119,18 @@ def allocate(
         added = damage[u](m_next) - damage[u](m_now)
         if price:
             added -= price * (
-                unit_cost(u, m_now, limit_by_unit) - unit_cost(u, m_next, limit_by_unit)
+                unit_cost(u, m_now, priced_by_unit) - unit_cost(u, m_next, priced_by_unit)
             )
         return added / saved, u, version[u]
 
     heap = [s for u in range(len(channels)) if (s := step(u)) is not None]
     heapq.heapify(heap)
-    while (cost > target or (limit and limit_cost > limit.target)) and heap:
+    while cost > target and heap:
         _, u, seen = heapq.heappop(heap)
         if seen != version[u]:
             continue  # stale: a neighbour moved since this step was priced
         m_next = grids[u][position[u] + 1]
         cost -= unit_cost(u, kept[u], by_unit) - unit_cost(u, m_next, by_unit)
-        limit_cost -= unit_cost(u, kept[u], limit_by_unit) - unit_cost(u, m_next, limit_by_unit)
         kept[u] = m_next
         position[u] += 1
         for v in {u, *neighbours[u]}:  # bilinear terms: the neighbours' steps changed price
@@ -164,9 +160,10 @@ def allocate_within(
     whose limit cost falls faster than their budget cost, whatever their damage. ``mu`` is
     the smallest for which the allocation meets the limit at the budget (bracketed by
     doubling, then bisected :data:`PRICE_BISECTIONS` times); where none does, up to
-    :data:`PRICE_DOUBLINGS` doublings, the largest one's steps go on past the budget until
-    the limit is met. Unlike :func:`allocate`, the result is not monotone in the budget: the
-    price differs between budgets."""
+    :data:`PRICE_DOUBLINGS` doublings, the allocation at the largest price is returned (the
+    one that saves the most of the limit's cost at the budget; the caller sees that it
+    misses the limit). Unlike :func:`allocate`, the result is not monotone in the budget:
+    the price differs between budgets."""
     common = (round_to, min_keep, frozen)
 
     def meets(kept: list[int]) -> bool:
@@ -180,18 +177,19 @@ def allocate_within(
     full = total_cost(limit.terms, channels, channels)
     low, high = 0.0, max(worst, 1e-12) / max(full, 1e-12) / 2**10
     for _ in range(PRICE_DOUBLINGS):
-        if meets(allocate(channels, damage, terms, target, *common, price=high)):
+        kept = allocate(channels, damage, terms, target, *common, limit.terms, high)
+        if meets(kept):
             break
         low, high = high, 2 * high
-    else:  # no price meets the limit at the budget: past it, at the largest price
-        return allocate(channels, damage, terms, target, *common, limit=limit, price=low)
+    else:
+        return kept  # no price meets the limit at the budget
     for _ in range(PRICE_BISECTIONS):
         middle = (low + high) / 2
-        if meets(allocate(channels, damage, terms, target, *common, price=middle)):
+        if meets(allocate(channels, damage, terms, target, *common, limit.terms, middle)):
             high = middle
         else:
             low = middle
-    return allocate(channels, damage, terms, target, *common, price=high)
+    return allocate(channels, damage, terms, target, *common, limit.terms, high)
 
 
 PRICE_DOUBLINGS = 40
