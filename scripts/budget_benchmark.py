@@ -28,7 +28,8 @@ above): the ``budget-default`` markers. With ``--latency-budget``, ``--target-la
 against ``--target-macs B`` (both rounded to K): estimated and measured latency, MACs and
 quality; the ``budget-latency-round-K`` markers. With ``--speed-up R``, ``--target-macs B``
 alone and with the latency limit ``--target-latency 1 - R (1 - B)`` (the speed-up that
-falls R times as much as the MACs), both rounded to K: the ``budget-limit-round-K`` markers.
+falls R times as much as the MACs), both rounded to K: the ``budget-limit-round-K`` markers
+(``-min-keep-F`` appended with ``--min-keep F``).
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
         batch = len(next(iter(feeds.values())))
         for budget in BUDGETS:
             options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
+            options["min_keep"] = args.min_keep
             limited = dict(target_latency=limit_of[budget], input_shapes=timed_at)
             made = []
             try:
@@ -249,10 +251,13 @@ def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
             rows.append("| " + " | ".join(row) + " |")
             print(rows[-1], flush=True)
     section = f"budget-limit-round-{args.round_to}"
+    section += f"-min-keep-{args.min_keep:g}" if args.min_keep else ""
     merged = merged_rows(section, rows, [m.name for m in development_models()])
     lines = [
         generated_by("budget_benchmark.py", argv or sys.argv[1:], merged, rows)
-        + f"Both rounded to {args.round_to}, method lbyl with `--closed-form`. *with the "
+        + f"Both rounded to {args.round_to}"
+        + (f", never below {args.min_keep:g} of a layer" if args.min_keep else "")
+        + ", method lbyl with `--closed-form`. *with the "
         f"limit*: `--target-macs B --target-latency L`, L = 1 - {args.speed_up:g} (1 - B), "
         "profiled by the tool at the batch given; *alone*: `--target-macs B`. Latency kept: "
         "measured afterwards, onnxruntime, one thread, the original and both pruned models "
@@ -349,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-compensation", action="store_true")
     parser.add_argument("--latency-budget", action="store_true")
     parser.add_argument("--speed-up", type=float, metavar="R")
+    parser.add_argument("--min-keep", type=float, default=0.0, help="with --speed-up")
     args = parser.parse_args(argv)
     if args.speed_up is not None:
         return latency_limits(args, argv)
