@@ -196,13 +196,16 @@ def quality_at_equal_macs(args: argparse.Namespace, argv: list[str] | None) -> i
     return 0
 
 
-def timing_feeds(bench: BenchModel) -> tuple[dict, float]:
+def timing_feeds(bench: BenchModel) -> tuple[dict, float, dict, int]:
     """The feeds latency is measured on (batch 1, or the busy batch of :func:`busy_batch`;
-    CenterFace: its fixed batch of 10) and the original's latency on them, in ms."""
+    CenterFace: its fixed batch of 10), the original's latency on them in ms, their shapes
+    (for ``--input-shape``) and their batch."""
     feeds = latency_feeds(bench, 1) or {k: v[:10] for k, v in bench.inputs(10).items()}
     base = latency_ms([str(bench.path)], feeds, repeats_for(1.0))[0]
     busy_feeds, busy_base = busy_batch(bench, base)
-    return (busy_feeds, busy_base) if busy_feeds else (feeds, base)
+    feeds, base = (busy_feeds, busy_base) if busy_feeds else (feeds, base)
+    shapes = {name: list(value.shape) for name, value in feeds.items()}
+    return feeds, base, shapes, len(next(iter(feeds.values())))
 
 
 def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -213,9 +216,7 @@ def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
     limit_of = {budget: 1 - args.speed_up * (1 - budget) for budget in BUDGETS}
     for bench in prunable_models(args.models):
         original = load_model(bench.path)
-        feeds, base = timing_feeds(bench)
-        timed_at = {name: list(value.shape) for name, value in feeds.items()}
-        batch = len(next(iter(feeds.values())))
+        feeds, base, timed_at, batch = timing_feeds(bench)
         for budget in BUDGETS:
             options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
             options["min_keep"] = args.min_keep
@@ -282,9 +283,7 @@ def latency_budgets(args: argparse.Namespace, argv: list[str] | None) -> int:
     rows = []
     for bench in prunable_models(args.models):
         original = load_model(bench.path)
-        feeds, base = timing_feeds(bench)
-        timed_at = {name: list(value.shape) for name, value in feeds.items()}
-        batch = len(next(iter(feeds.values())))
+        feeds, base, timed_at, batch = timing_feeds(bench)
         for budget in BUDGETS:
             options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
             made = []  # per budget: (model, its report, quality, tool seconds), or a message
