@@ -108,7 +108,7 @@ def test_a_limit_is_met_at_the_budget(network, fraction, limit_fraction, seed) -
     budget is met within one step, as without the limit, so a limit is met at the budget or
     not at all; where the budget's own allocation already meets the limit, it is kept; where
     the result misses the limit, so does the allocation that saves the most of it at the
-    budget (its price a million times the largest damage per cost)."""
+    budget (priced at 1e8 per unit of the second cost; the damages here are at most 10)."""
     channels, damage, terms, round_to = network
     rng = np.random.default_rng(seed)
     second = [CostTerm(float(rng.uniform(0, 100)), t.input_unit, t.output_unit) for t in terms]
