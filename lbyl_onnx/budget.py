@@ -98,11 +98,11 @@ def budget_counts(
         n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
         for n, f in zip(channels, frozen, strict=True)
     ]
-    budget = _Cost(terms, total, total - sum(t.base for t in terms))
+    budget = _Cost(terms, total)
     budget.reachable(fraction, smallest, channels, flag, kind, config)
     limit = None
     if config.latency_limit is not None:
-        limit = _Cost(costs.terms, costs.total, costs.total - sum(t.base for t in costs.terms))
+        limit = _Cost(costs.terms, costs.total)
         limit.reachable(
             config.latency_limit, smallest, channels, "--target-latency", "latency", config
         )
@@ -150,12 +150,16 @@ def budget_counts(
 
 @dataclass(frozen=True)
 class _Cost:
-    """A budget's cost model: the terms that scale with the kept counts, the whole model's
-    cost, and the part no width changes."""
+    """A budget's cost model: the terms that scale with the kept counts, and the whole
+    model's cost."""
 
     terms: list[CostTerm]
     total: float
-    fixed: float
+
+    @property
+    def fixed(self) -> float:
+        """The part of the total no width changes."""
+        return self.total - sum(t.base for t in self.terms)
 
     def share(self, kept: list[int], channels: list[int]) -> float:
         """The cost of ``kept`` as a share of the original's."""
