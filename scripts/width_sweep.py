@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             "the same interleaved rounds (onnxruntime, one thread, median of at least 20 "
             "runs, about 2 s), at the batch of the budget tables' latency columns. *best "
             "speed-up / MAC cut*: the largest among the widths that keep at most the budget "
-            "of the MACs; *timed again*: those widths and the original timed once more, on "
-            "their own.",
+            "of the MACs; *its widths*: the kept counts, units in the order `lbyl-onnx MODEL "
+            "--list` prints them; *timed again*: those widths and the original timed once "
+            "more, on their own.",
             "",
             "| model | batch | widths timed | budget | widths meeting it | best speed-up / "
             "MAC cut | its MACs kept | its widths | timed again |",
