@@ -29,12 +29,16 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import generated_by, merged_rows, prunable_models, write_section
+from bench_models import BenchModel, generated_by, merged_rows, prunable_models, write_section
 from benchmark import latency_ms
 from budget_benchmark import BUDGETS, repeats_for, speed_up, timing_feeds
 
 import lbyl_onnx
+from lbyl_onnx.graph.units import Unit
 from lbyl_onnx.methods.allocation import candidate_counts
 
 SMALL_MODELS = "digits_vgg_bn,digits_vgg_fused,digits_resnet"
@@ -50,7 +54,9 @@ def width_grid(channels: list[int], round_to: int, limit: int) -> list[tuple[int
     return [original, *rest]
 
 
-def pruned_at(bench, units, widths: tuple[int, ...], prune_residual: bool):
+def pruned_at(
+    bench: BenchModel, units: list[Unit], widths: tuple[int, ...], prune_residual: bool
+) -> tuple[onnx.ModelProto, float]:
     """The model with plain removal to ``widths`` (one ``--ratio-for`` per unit), and the
     share of its MACs kept."""
     ratio_for = tuple((u.name, 1.0 - m / u.channels) for u, m in zip(units, widths, strict=True))
@@ -66,7 +72,15 @@ def pruned_at(bench, units, widths: tuple[int, ...], prune_residual: bool):
     return model, report.after.macs / report.before.macs
 
 
-def best_cells(bench, feeds, base, widths, pruned, ratios, meeting) -> list[str]:
+def best_cells(
+    bench: BenchModel,
+    feeds: dict[str, np.ndarray],
+    base: float,
+    widths: list[tuple[int, ...]],
+    pruned: list[tuple[onnx.ModelProto, float]],
+    ratios: list[float],
+    meeting: list[int],
+) -> list[str]:
     """The best speed-up / MAC cut among the ``meeting`` widths, their MACs kept, the widths,
     and that speed-up timed again with the original (blank where none meet the budget)."""
     if not meeting:
