@@ -73,9 +73,14 @@ def repeats_for(milliseconds: float) -> int:
     return max(20, int(2000 / max(milliseconds, 1e-3)))
 
 
-def speed_up(base: float, pruned: float, macs_kept: float) -> str:
+def speed_up_ratio(base: float, pruned: float, macs_kept: float) -> float:
     """The latency cut divided by the MAC cut."""
-    return f"{(1 - pruned / base) / max(1 - macs_kept, 1e-9):.2f}"
+    return (1 - pruned / base) / max(1 - macs_kept, 1e-9)
+
+
+def speed_up(base: float, pruned: float, macs_kept: float) -> str:
+    """:func:`speed_up_ratio`, as a table cell."""
+    return f"{speed_up_ratio(base, pruned, macs_kept):.2f}"
 
 
 def busy_batch(bench: BenchModel, base: float) -> tuple[dict | None, float]:
@@ -218,8 +223,12 @@ def latency_limits(args: argparse.Namespace, argv: list[str] | None) -> int:
         original = load_model(bench.path)
         feeds, base, timed_at, batch = timing_feeds(bench)
         for budget in BUDGETS:
-            options = dict(check=False, round_to=args.round_to, synthetic_calibration=False)
-            options["min_keep"] = args.min_keep
+            options = dict(
+                check=False,
+                round_to=args.round_to,
+                min_keep=args.min_keep,
+                synthetic_calibration=False,
+            )
             limited = dict(target_latency=limit_of[budget], input_shapes=timed_at)
             made = []
             try:

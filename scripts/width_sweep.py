@@ -35,7 +35,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import BenchModel, generated_by, merged_rows, prunable_models, write_section
 from benchmark import latency_ms
-from budget_benchmark import BUDGETS, repeats_for, speed_up, timing_feeds
+from budget_benchmark import BUDGETS, repeats_for, speed_up, speed_up_ratio, timing_feeds
 
 import lbyl_onnx
 from lbyl_onnx.graph.units import Unit
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             [str(bench.path), *(m for m, _ in pruned)], feeds, repeats_for(base)
         )
         ratios = [
-            (1 - ms / first) / (1 - kept) for ms, (_, kept) in zip(times, pruned, strict=True)
+            speed_up_ratio(first, ms, kept) for ms, (_, kept) in zip(times, pruned, strict=True)
         ]
         for budget in BUDGETS:
             meeting = [i for i, (_, kept) in enumerate(pruned) if kept <= budget + 1e-9]
