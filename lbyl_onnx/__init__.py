@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .api import PruneConfig, list_units, prune, prune_file
 from .methods import MethodOptions
+from .version import __version__
 
 __all__ = ["MethodOptions", "PruneConfig", "__version__", "list_units", "prune", "prune_file"]

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from . import __version__
-from .api import CRITERION_NAMES, METHOD_NAMES, PruneConfig, list_units, prune_file
+from .api import check_writable, list_units, prune_file, write_report
+from .config import CRITERION_NAMES, INPUT_RANGES, METHOD_NAMES, PruneConfig
 from .errors import (
     EXIT_INTERNAL,
     EXIT_NOT_VALIDATED,
@@ -20,9 +20,8 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
-from .graph.io import check_output_path, write_text_atomic
 from .report import UnitRecord, format_report, format_units
-from .synthetic import INPUT_RANGES
+from .version import __version__
 
 EPILOG = """\b
 Examples:
@@ -340,7 +339,7 @@ def _run(o: SimpleNamespace) -> int:
     if o.synthetic_calibration is False and o.calibration_path is not None:
         raise UsageError("give --calibration-data or --closed-form, not both")
     if o.report_path is not None:
-        check_output_path(o.input_path, o.report_path, "--report")
+        check_writable(o.input_path, o.report_path, "--report")
         if o.report_path.resolve() == o.output_path.resolve():
             raise UsageError(f"--report {o.report_path} is OUT; choose another path")
     config = PruneConfig(
@@ -382,7 +381,7 @@ def _run(o: SimpleNamespace) -> int:
         for bar in bars:
             bar.__exit__(None, None, None)
     if o.report_path is not None:
-        write_text_atomic(o.report_path, report.to_json())
+        write_report(o.report_path, report)
     if not o.quiet:
         click.echo(format_report(report, o.verbose))
         click.echo(f"wrote {o.output_path}")

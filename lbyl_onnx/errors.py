@@ -35,3 +35,9 @@ class ValidationFailed(LbylError):
     def __init__(self, message: str, report=None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's message (at most 300 characters), else its type."""
+    text = str(error).strip().splitlines() if error else []
+    return text[0][:300] if text else type(error).__name__

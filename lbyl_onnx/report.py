@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .check import Validation
 from .graph.units import Declined
+from .runtime.validate import Validation
 
 
 @dataclass

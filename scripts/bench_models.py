@@ -30,7 +30,7 @@ from photos import (  # noqa: E402
     photo_batch,
 )
 
-from lbyl_onnx.check import session  # noqa: E402
+from lbyl_onnx.runtime.sessions import session  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 

@@ -53,9 +53,9 @@ from bench_models import (
 from benchmark import headline, latency_feeds, latency_ms
 
 import lbyl_onnx
+from lbyl_onnx.config import INPUT_RANGES
 from lbyl_onnx.errors import UsageError
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.synthetic import INPUT_RANGES
 
 BUDGETS = (0.9, 0.7, 0.5)
 

@@ -34,12 +34,12 @@ from bench_models import (
     write_section,
 )
 from benchmark import headline
+from research.propagate import propagated_statistics
 
 import lbyl_onnx
-from lbyl_onnx import api
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.graph.propagate import propagated_statistics
-from lbyl_onnx.synthetic import synthetic_inputs
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
+from lbyl_onnx.pipeline import run
 
 SECTION = "propagation"
 INPUT_SAMPLES = 32
@@ -56,7 +56,7 @@ def prune_propagated(original, ratio: float, input_shapes) -> tuple[object, int,
         reached.append((len(stats), len(units)))
         return stats
 
-    with mock.patch.object(api, "record_statistics", statistics):
+    with mock.patch.object(run, "record_statistics", statistics):
         model, _ = lbyl_onnx.prune(
             original,
             ratio=ratio,

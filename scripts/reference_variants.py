@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import development_models, write_section
 
 import lbyl_onnx
-import lbyl_onnx.api
+import lbyl_onnx.methods
 from lbyl_onnx.graph.io import load_model
 from lbyl_onnx.methods import BatchNormParams, LayerArrays, MethodOptions, Solution
 from lbyl_onnx.methods.lbyl import solve_lbyl
@@ -83,7 +83,7 @@ def main() -> int:
         original = load_model(bench.path)
         for ratio in (0.1, 0.2, 0.3):
             for label, solve in VARIANTS.items():
-                lbyl_onnx.api.METHODS["variant"] = solve
+                lbyl_onnx.methods.METHODS["variant"] = solve
                 model, _ = lbyl_onnx.prune(original, ratio=ratio, method="variant", check=False)
                 q = bench.quality(model, 256)
                 value = q.get("accuracy", q.get("top1_agreement"))

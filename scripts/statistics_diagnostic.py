@@ -43,16 +43,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from research.mehler import second_moments
+from research.propagate import propagated_statistics
+
 from lbyl_onnx import list_units
-from lbyl_onnx.api import trusted_means
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.graph.propagate import propagated_statistics
-from lbyl_onnx.graph.record import record_statistics
+from lbyl_onnx.inputs.normalisation import fit_normalisation
+from lbyl_onnx.inputs.specs import input_specs
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
 from lbyl_onnx.methods import METHODS, MethodOptions, kept_count
 from lbyl_onnx.methods.calibrated import ActivationStats, solve_calibrated
 from lbyl_onnx.methods.criteria import keep_best
-from lbyl_onnx.methods.moments import activation_means, second_moments
-from lbyl_onnx.synthetic import fit_normalisation, input_specs, synthetic_inputs
+from lbyl_onnx.methods.moments import activation_means
+from lbyl_onnx.pipeline.solve import trusted_means
+from lbyl_onnx.runtime.record import record_statistics
 
 
 def bn_prediction(unit) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -34,8 +34,8 @@ from benchmark import headline
 
 import lbyl_onnx
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.measure import synthetic_calibration_count
-from lbyl_onnx.synthetic import CONVENTIONS
+from lbyl_onnx.inputs.images import CONVENTIONS
+from lbyl_onnx.pipeline.measure import synthetic_calibration_count
 
 SECTION = "synthetic"
 

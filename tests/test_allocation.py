@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from models import conv_net, dense_net, weights_of, with_integer_input
 from test_quirks import _nhwc_arrays, _nhwc_head
 
-from lbyl_onnx import api, list_units, prune
-from lbyl_onnx.api import PruneConfig, summarize
-from lbyl_onnx.budget import budget_counts
+from lbyl_onnx import list_units, prune
+from lbyl_onnx.api import PruneConfig
 from lbyl_onnx.cli import main
 from lbyl_onnx.errors import UsageError
 from lbyl_onnx.graph.rewrite import consumer_column_gram
-from lbyl_onnx.measure import SYNTHETIC_SAMPLES, Measurement
+from lbyl_onnx.inputs.images import CONVENTIONS, convention
+from lbyl_onnx.inputs.normalisation import fit_normalisation
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
 from lbyl_onnx.methods import solve_lbyl
 from lbyl_onnx.methods.allocation import (
     CostTerm,
@@ -31,7 +32,10 @@ from lbyl_onnx.methods.allocation import (
     candidate_counts,
     total_cost,
 )
-from lbyl_onnx.synthetic import CONVENTIONS, convention, fit_normalisation, synthetic_inputs
+from lbyl_onnx.pipeline import run
+from lbyl_onnx.pipeline.budget import budget_counts
+from lbyl_onnx.pipeline.measure import SYNTHETIC_SAMPLES, Measurement
+from lbyl_onnx.pipeline.run import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"
@@ -177,14 +181,14 @@ def test_lbyl_nn_under_a_budget_takes_lbyls_widths_and_its_own_coefficients() ->
 
 @pytest.mark.parametrize("real", [False, True], ids=["synthetic", "real"])
 def test_budget_curves_are_fitted_to_real_calibration_data_only(real: bool) -> None:
-    """A budget's damage curves solve each unit at many widths (``api._solve``; the final
+    """A budget's damage curves solve each unit at many widths (``run.solve_unit``; the final
     compensation is the sequential solve's). On synthetic inputs, the default, they are
     closed-form LBYL's, measured on the synthetic statistics but not fitted to them; on
     real calibration data, the calibrated solution's. Either way the compensation folded
     in is calibrated, sequentially."""
     data = np.load(ROOT / "sample_models" / "digits_calibration.npz")["input"][:64]
     calibration = {"input": data} if real else None
-    with mock.patch.object(api, "_solve", wraps=api._solve) as spy:
+    with mock.patch.object(run, "solve_unit", wraps=run.solve_unit) as spy:
         _, report = prune(str(VGG), target_macs=0.5, calibration_data=calibration, check=False)
     fitted_to = [call.args[3] for call in spy.call_args_list]
     assert fitted_to and all((stats is not None) == real for stats in fitted_to)

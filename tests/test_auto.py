@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from models import conv_net, ort_outputs, with_integer_input
 
 from lbyl_onnx import list_units, prune
-from lbyl_onnx.api import AUTO_METHODS
 from lbyl_onnx.cli import main
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.measure import SENSITIVITY_SAMPLES, SYNTHETIC_SAMPLES
-from lbyl_onnx.synthetic import fit_normalisation, synthetic_inputs
+from lbyl_onnx.inputs.normalisation import fit_normalisation
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
+from lbyl_onnx.pipeline.measure import SENSITIVITY_SAMPLES, SYNTHETIC_SAMPLES
+from lbyl_onnx.pipeline.solve import AUTO_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 

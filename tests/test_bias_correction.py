@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from lbyl_onnx import prune
-from lbyl_onnx.check import session
 from lbyl_onnx.cli import main
 from lbyl_onnx.methods.moments import Activation, activation_means
+from lbyl_onnx.runtime.sessions import session
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from models import conv_net, dense_net, random_feeds, weights_of
 
 from lbyl_onnx import prune
-from lbyl_onnx.check import session
 from lbyl_onnx.cli import main
 from lbyl_onnx.methods.base import offsets_from_means
 from lbyl_onnx.methods.calibrated import (
@@ -22,6 +21,7 @@ from lbyl_onnx.methods.calibrated import (
     solve_calibrated,
     solve_sequential,
 )
+from lbyl_onnx.runtime.sessions import session
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"

@@ -25,8 +25,8 @@ from click.testing import CliRunner, Result
 from onnx import numpy_helper
 
 from lbyl_onnx import __version__
-from lbyl_onnx.check import Validation
 from lbyl_onnx.cli import main
+from lbyl_onnx.runtime.validate import Validation
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 VGG = SAMPLES / "digits_vgg_bn.onnx"
@@ -402,7 +402,9 @@ def test_help_documents_examples_and_exit_codes(flag: str) -> None:
 def test_failed_validation_exits_3_and_writes_nothing(
     vgg: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lbyl_onnx.api.validate", lambda *a, **k: Validation("failed", "x", "boom"))
+    monkeypatch.setattr(
+        "lbyl_onnx.pipeline.run.validate", lambda *a, **k: Validation("failed", "x", "boom")
+    )
     out, report = vgg.parent / "out.onnx", vgg.parent / "r.json"
     before = listing(vgg.parent)
     result = run(vgg, out, "--report", report)
@@ -419,7 +421,7 @@ def test_unavailable_validation_exits_4_and_writes_out(
     vgg: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        "lbyl_onnx.api.validate",
+        "lbyl_onnx.pipeline.run.validate",
         lambda *a, **k: Validation("unavailable", "x", "custom op"),
     )
     out = vgg.parent / "out.onnx"

@@ -26,11 +26,12 @@ from models import conv_net, dense_net, weights_of
 from onnx import TensorProto, helper, numpy_helper
 
 import lbyl_onnx
-from lbyl_onnx import check
 from lbyl_onnx.cli import main
 from lbyl_onnx.errors import UsageError
 from lbyl_onnx.graph import io
 from lbyl_onnx.graph.shapes import infer_shapes
+from lbyl_onnx.runtime import sessions
+from lbyl_onnx.runtime.validate import validate
 
 LIMIT = 16_000
 """The simulated protobuf limit, in bytes: the test model's weights (46 KB) are over it, its
@@ -76,7 +77,7 @@ def save_external(model: onnx.ModelProto, path: Path, location: str | None = Non
 
 
 def outputs(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    return check.session(model).run(None, {"x": x})[0]
+    return sessions.session(model).run(None, {"x": x})[0]
 
 
 def feeds(seed: int = 0) -> np.ndarray:
@@ -213,7 +214,7 @@ def test_shapes_and_units_of_a_large_model_with_integer_weights(
     assert infer_shapes(model) == expected_shapes
     assert expected_shapes["codes"] == [70_000]
     assert [u.name for u in lbyl_onnx.list_units(model)[0]] == expected_units == ["conv0", "conv1"]
-    check.check_model(model)
+    io.check_model(model)
 
 
 def test_checker_of_large_model_skips_only_the_weights_bytes(
@@ -230,9 +231,9 @@ def test_checker_of_large_model_skips_only_the_weights_bytes(
     simulate_limit(monkeypatch)
     with pytest.raises(EncodeError):
         onnx.checker.check_model(model, full_check=True)  # what the simulation stands for
-    check.check_model(model)
+    io.check_model(model)
     with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
-        check.check_model(broken)
+        io.check_model(broken)
 
 
 def test_validation_runs_large_models_from_files(
@@ -240,13 +241,13 @@ def test_validation_runs_large_models_from_files(
 ) -> None:
     model = big_model()
     pruned, _ = lbyl_onnx.prune(model, ratio=0.3, check=False)
-    expected = check.validate(model, pruned)
+    expected = validate(model, pruned)
     assert expected.status == "passed"
     before = (REAL_SERIALIZE(model), REAL_SERIALIZE(pruned))
     path = save_external(model, tmp_path / "in.onnx")
 
     opened, staged = [], []
-    real_session, real_write = check.ort.InferenceSession, io.write_external
+    real_session, real_write = sessions.ort.InferenceSession, io.write_external
 
     def spy_session(source, *args, **kwargs):
         opened.append(source)
@@ -256,11 +257,11 @@ def test_validation_runs_large_models_from_files(
         staged.append(Path(target).parent)
         return real_write(model, target, *args, **kwargs)
 
-    monkeypatch.setattr(check.ort, "InferenceSession", spy_session)
+    monkeypatch.setattr(sessions.ort, "InferenceSession", spy_session)
     monkeypatch.setattr(io, "write_external", spy_write)
     simulate_limit(monkeypatch)
 
-    result = check.validate(model, pruned)
+    result = validate(model, pruned)
     assert result.status == "passed", result.message
     assert all(isinstance(source, str) for source in opened) and len(opened) == 2
     assert len(staged) == 2 and not any(folder.exists() for folder in staged)  # cleaned up
@@ -269,7 +270,7 @@ def test_validation_runs_large_models_from_files(
 
     opened.clear()
     staged.clear()
-    from_file = check.validate(path, pruned)  # the original from its own file: not staged
+    from_file = validate(path, pruned)  # the original from its own file: not staged
     assert from_file.status == "passed", from_file.message
     assert opened[0] == str(path) and len(staged) == 1
     assert [vars(m) for m in from_file.outputs] == [vars(m) for m in expected.outputs]
@@ -328,8 +329,8 @@ def test_external_write_handles_subgraph_weights_and_changes_nothing(tmp_path: P
     branch = next(a.g for a in skeleton.graph.node[0].attribute if a.name == "then_branch")
     assert branch.initializer[0].data_location == TensorProto.EXTERNAL
     x = np.random.default_rng(1).standard_normal((2, 300)).astype(np.float32)
-    got = check.session(tmp_path / "m.onnx").run(None, {"x": x})[0]
-    np.testing.assert_array_equal(got, check.session(model).run(None, {"x": x})[0])
+    got = sessions.session(tmp_path / "m.onnx").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, sessions.session(model).run(None, {"x": x})[0])
     assert skeleton.metadata_props == model.metadata_props
 
 
@@ -424,7 +425,7 @@ def test_large_model_is_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     model = big_model()
     units, _ = lbyl_onnx.list_units(model)
     samples = {"x": np.random.default_rng(2).standard_normal((32, 3, 6, 6)).astype(np.float32)}
-    from lbyl_onnx.graph.record import record_statistics
+    from lbyl_onnx.runtime.record import record_statistics
 
     expected = record_statistics(model, units, samples)
     simulate_limit(monkeypatch)

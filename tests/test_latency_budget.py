@@ -14,12 +14,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from lbyl_onnx import api, list_units, prune
-from lbyl_onnx.check import random_inputs
+from lbyl_onnx import list_units, prune
 from lbyl_onnx.cli import main
 from lbyl_onnx.errors import UsageError
-from lbyl_onnx.graph.timing import LatencyCosts, factor_at, latency_costs, split_times
 from lbyl_onnx.methods.allocation import CostTerm, allocate, total_cost
+from lbyl_onnx.pipeline import run
+from lbyl_onnx.runtime.sessions import random_inputs
+from lbyl_onnx.runtime.timing import LatencyCosts, factor_at, latency_costs, split_times
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG = ROOT / "sample_models" / "digits_vgg_bn.onnx"
@@ -85,10 +86,10 @@ def test_profiled_kernels_resolve_to_the_units_they_scale_with(path: Path) -> No
 
 def _macs_as_time(model: onnx.ModelProto, scale: float, fixed: float):
     """Stand-in costs: each node's MACs times ``scale`` microseconds, plus ``fixed``."""
-    from lbyl_onnx.budget import cost_terms
+    from lbyl_onnx.pipeline.budget import cost_terms
 
     units, _ = list_units(model)
-    terms = cost_terms(model, units, "MACs", api.PruneConfig())
+    terms = cost_terms(model, units, "MACs", run.PruneConfig())
     scaled = [CostTerm(t.base * scale, t.input_unit, t.output_unit) for t in terms]
     total = sum(t.base for t in scaled) + fixed
     return LatencyCosts(scaled, total, "input:1x1x8x8", 10, 8)
@@ -107,7 +108,7 @@ def test_latency_linear_in_macs_gives_the_equivalent_macs_budgets_widths(
     fixed = fixed_share / (1 - fixed_share) * variable.total
     costs = _macs_as_time(model, 0.01, fixed)
     options = dict(round_to=8, synthetic_calibration=False, check=False)
-    with mock.patch.object(api, "latency_costs", return_value=costs):
+    with mock.patch.object(run, "latency_costs", return_value=costs):
         _, timed = prune(model, target_latency=0.7, **options)
     _, counted = prune(model, target_macs=(0.7 - fixed_share) / (1 - fixed_share), **options)
     widths = [(u.name, u.channels_after) for u in timed.units]
@@ -127,7 +128,7 @@ def test_fixed_time_makes_a_latency_budget_unreachable_and_is_named() -> None:
     lowest = (costs.total / 2 + total_cost(costs.terms, [1] * len(units), channels)) / costs.total
     unreachable = r"--target-latency 0.4 cannot be reached"
     with (
-        mock.patch.object(api, "latency_costs", return_value=costs),
+        mock.patch.object(run, "latency_costs", return_value=costs),
         pytest.raises(UsageError, match=unreachable) as error,
     ):
         prune(model, target_latency=0.4, synthetic_calibration=False, check=False)
@@ -150,7 +151,7 @@ def test_a_latency_limit_with_a_macs_budget_meets_both() -> None:
     options = dict(target_macs=0.7, synthetic_calibration=False, check=False)
     _, alone = prune(model, **options)
     alone_time = fixed + total_cost(terms, [u.channels_after for u in alone.units], channels)
-    with mock.patch.object(api, "latency_costs", return_value=costs):
+    with mock.patch.object(run, "latency_costs", return_value=costs):
         _, loose = prune(model, target_latency=1.0, **options)
         limit = alone_time / costs.total - 0.05
         _, tight = prune(model, target_latency=limit, **options)
@@ -173,12 +174,12 @@ def test_an_unreachable_latency_limit_is_named() -> None:
     halved = LatencyCosts(costs.terms, 2 * costs.total, costs.inputs, 10, 8)
     options = dict(synthetic_calibration=False, check=False)
     with (
-        mock.patch.object(api, "latency_costs", return_value=halved),
+        mock.patch.object(run, "latency_costs", return_value=halved),
         pytest.raises(UsageError, match=r"--target-latency 0.4 cannot be reached"),
     ):
         prune(model, target_macs=0.7, target_latency=0.4, **options)
     with (
-        mock.patch.object(api, "latency_costs", return_value=costs),
+        mock.patch.object(run, "latency_costs", return_value=costs),
         pytest.raises(UsageError, match=r"0.6 cannot be met with --target-macs 0.99") as error,
     ):
         prune(model, target_macs=0.99, target_latency=0.6, **options)
@@ -196,7 +197,7 @@ def test_a_unit_whose_channels_cost_no_time_is_kept_whole_and_named() -> None:
     first = next(i for i, u in enumerate(units) if u.name == "conv1")
     terms = [t for t in costs.terms if first not in (t.input_unit, t.output_unit)]
     costs = LatencyCosts(terms, costs.total, costs.inputs, 10, 8)
-    with mock.patch.object(api, "latency_costs", return_value=costs):
+    with mock.patch.object(run, "latency_costs", return_value=costs):
         _, report = prune(model, target_latency=0.7, synthetic_calibration=False, check=False)
     widths = {u.name: (u.channels_before, u.channels_after) for u in report.units}
     assert widths["conv1"][0] == widths["conv1"][1]

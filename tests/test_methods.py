@@ -14,6 +14,7 @@ import pytest
 import scipy.optimize
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import lbyl_bn_aware_coefficients, lbyl_objective
 
 from lbyl_onnx.methods import (
     BatchNormParams,
@@ -27,7 +28,6 @@ from lbyl_onnx.methods import (
     solve_prune,
 )
 from lbyl_onnx.methods.base import regularisers
-from lbyl_onnx.methods.lbyl import lbyl_bn_aware_coefficients, lbyl_objective
 from lbyl_onnx.methods.lbyl_nn import nonnegative_quadratic
 
 # --------------------------------------------------------------------------- oracles

@@ -11,19 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from models import GraphBuilder, conv_net, ort_outputs
+from research.mehler import activation_moments, hermite_coefficients, second_moments
+from research.propagate import Moments, propagate, propagated_statistics
 from scipy import integrate
 from scipy.stats import norm
 
-from lbyl_onnx.graph.propagate import Moments, propagate, propagated_statistics
 from lbyl_onnx.graph.shapes import infer_shapes
 from lbyl_onnx.graph.units import find_units
-from lbyl_onnx.methods.moments import (
-    Activation,
-    activation_moments,
-    apply_activation,
-    hermite_coefficients,
-    second_moments,
-)
+from lbyl_onnx.methods.moments import Activation, apply_activation
 
 ACTIVATIONS = [
     Activation("relu"),

@@ -11,8 +11,8 @@ from models import GraphBuilder, conv_net, random_filters, weights_of
 from onnx import TensorProto, helper, numpy_helper
 
 from lbyl_onnx import MethodOptions, list_units, prune
-from lbyl_onnx.check import session
 from lbyl_onnx.graph.index import attribute
+from lbyl_onnx.runtime.sessions import session
 
 C0, N, OUT, HW = 3, 8, 5, 6
 

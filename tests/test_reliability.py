@@ -12,8 +12,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-import lbyl_onnx.api
 import lbyl_onnx.graph.io
+import lbyl_onnx.pipeline.run
 from lbyl_onnx.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def half_save_then_fail(model, path, *args, **kwargs) -> None:
 @pytest.mark.parametrize(
     "target",
     [
-        (lbyl_onnx.api, "apply_plans"),  # in the middle of the rewrite
+        (lbyl_onnx.pipeline.run, "apply_plans"),  # in the middle of the rewrite
         (lbyl_onnx.graph.io.onnx, "save_model"),  # while writing external data
         (lbyl_onnx.graph.io.os, "replace"),  # at the final rename
     ],

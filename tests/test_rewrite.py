@@ -30,7 +30,7 @@ from models import (
 from onnx import TensorProto, helper, numpy_helper
 
 from lbyl_onnx import MethodOptions, prune
-from lbyl_onnx.check import session
+from lbyl_onnx.runtime.sessions import session
 
 METHODS = ("prune", "nm", "lbyl", "lbyl-nn")
 EXACT = MethodOptions(ridge=1e-9)

@@ -11,10 +11,11 @@ from models import conv_net, ort_outputs
 from onnx import helper
 
 from lbyl_onnx import list_units, prune
-from lbyl_onnx.api import PruneConfig, _solve
+from lbyl_onnx.api import PruneConfig
 from lbyl_onnx.graph.io import load_model
-from lbyl_onnx.graph.sensitivity import OutputSensitivity
 from lbyl_onnx.methods.criteria import keep_best
+from lbyl_onnx.pipeline.solve import solve_unit
+from lbyl_onnx.runtime.sensitivity import OutputSensitivity
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -31,7 +32,7 @@ def _pruned_at(model, unit, ratio: float):
     )
     (record,) = [r for r in report.units if r.name == unit.name]
     kept = keep_best(unit.arrays.weight, record.channels_after, "l2")
-    return pruned, kept, _solve(unit, kept, PruneConfig(), None)
+    return pruned, kept, solve_unit(unit, kept, PruneConfig(), None)
 
 
 @pytest.mark.parametrize("name", ["digits_vgg_bn", "digits_mbv2", "digits_mlp"])
@@ -76,7 +77,7 @@ def test_a_fixed_batch_is_run_whole() -> None:
     assert [len(o) for o in sensitivity.reference] == [8]
     unit = units[0]
     kept = np.arange(unit.channels - 2)
-    solution = _solve(unit, kept, PruneConfig(), None)
+    solution = solve_unit(unit, kept, PruneConfig(), None)
     assert sensitivity.error(unit, kept, solution.scaling, solution.offsets) > 0
 
 

@@ -15,12 +15,9 @@ from hypothesis import strategies as st
 from models import conv_net, dense_net, ort_outputs, two_branches
 from onnx import helper, numpy_helper
 
-from lbyl_onnx import check, list_units, prune
+from lbyl_onnx import list_units, prune
 from lbyl_onnx.cli import main
-from lbyl_onnx.graph import sequential as sequential_module
-from lbyl_onnx.graph.record import record_statistics
 from lbyl_onnx.graph.rewrite import Plan
-from lbyl_onnx.graph.sequential import SequentialCalibration
 from lbyl_onnx.methods import kept_count
 from lbyl_onnx.methods.calibrated import (
     RIDGE_CHOICES,
@@ -31,6 +28,10 @@ from lbyl_onnx.methods.calibrated import (
     solve_sequential,
 )
 from lbyl_onnx.methods.criteria import keep_best
+from lbyl_onnx.pipeline import sequential as sequential_module
+from lbyl_onnx.pipeline.sequential import SequentialCalibration
+from lbyl_onnx.runtime import sessions
+from lbyl_onnx.runtime.record import record_statistics
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 CALIBRATION = SAMPLES / "digits_calibration.npz"
@@ -185,9 +186,9 @@ def _solve_all(
     """Every unit solved in order at 30%, as ``prune`` does; and how many nodes each
     onnxruntime session held."""
     held = []
-    session = check.session
+    session = sessions.session
     monkeypatch.setattr(
-        check, "session", lambda m, **kw: held.append(len(m.graph.node)) or session(m, **kw)
+        sessions, "session", lambda m, **kw: held.append(len(m.graph.node)) or session(m, **kw)
     )
     units, _ = list_units(model)
     calibration = SequentialCalibration(model, units, data, False, **options)
@@ -196,7 +197,7 @@ def _solve_all(
         kept = keep_best(unit.arrays.weight, kept_count(unit.channels, 0.3), "l2")
         _, solution = calibration.solve(unit, len(kept), plans, kept)
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
-    monkeypatch.setattr(check, "session", session)
+    monkeypatch.setattr(sessions, "session", session)
     return plans, held
 
 

@@ -10,15 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lbyl_onnx.synthetic import (
-    FALLBACK,
-    convention,
-    fit_normalisation,
-    input_normalisation,
-    spectral_noise,
-    synthetic_images,
-    synthetic_inputs,
-)
+from lbyl_onnx.inputs.images import convention, spectral_noise, synthetic_images
+from lbyl_onnx.inputs.normalisation import FALLBACK, fit_normalisation, input_normalisation
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
 
 
 def radial_power_slope(fields: np.ndarray) -> float:

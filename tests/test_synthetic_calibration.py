@@ -13,11 +13,13 @@ from models import conv_net, dense_net, weights_of, with_integer_input
 from onnx import TensorProto, helper
 
 from lbyl_onnx import prune
-from lbyl_onnx.check import session
 from lbyl_onnx.cli import main
 from lbyl_onnx.errors import UsageError
-from lbyl_onnx.measure import synthetic_calibration_count
-from lbyl_onnx.synthetic import convention, fit_normalisation, synthetic_inputs
+from lbyl_onnx.inputs.images import convention
+from lbyl_onnx.inputs.normalisation import fit_normalisation
+from lbyl_onnx.inputs.synthetic import synthetic_inputs
+from lbyl_onnx.pipeline.measure import synthetic_calibration_count
+from lbyl_onnx.runtime.sessions import session
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"

@@ -22,8 +22,8 @@ from models import (
 from onnx import TensorProto, helper
 
 from lbyl_onnx import list_units
-from lbyl_onnx.check import session
 from lbyl_onnx.graph.units import Declined, Unit
+from lbyl_onnx.runtime.sessions import session
 
 
 def valid(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,1 +1,2 @@
-"""Everything that knows ONNX: loading and saving, finding prunable units, rewriting them."""
+"""The ONNX layer: loading and saving, the graph index and shapes, finding prunable units,
+rewriting them. Nothing here solves or runs a model."""

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, EncodeError, Message
 from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import UsageError
+from .shapes import without_large_weights
 
 log = logging.getLogger("lbyl_onnx")
 
@@ -395,3 +396,12 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
+    """The ONNX checker (raising its errors). A large model (:func:`is_large`) is checked
+    on a copy whose large floating-point weights are typed graph inputs: every node, type
+    and shape is checked, only the weights' bytes are not (serializing them would fail)."""
+    if is_large(model):
+        model = without_large_weights(model)
+    onnx.checker.check_model(model, full_check=full_check)

@@ -172,3 +172,34 @@ def _known(shape: Shape | None) -> list[int] | None:
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each op type the main graph has."""
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+NUMPY_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in weights]
+
+
+def unfixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[str]:
+    """The inputs with a dimension other than the batch that is neither declared nor given
+    in ``input_shapes``."""
+    unfixed = []
+    for entry in real_inputs(model):
+        if input_shapes and entry.name in input_shapes:
+            continue
+        dims = declared_dims(entry.type) or []
+        if any(not (isinstance(d, int) and d > 0) for d in dims[1:]):
+            unfixed.append(entry.name)
+    return unfixed

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from ..methods import BatchNormParams, LayerArrays
+from ..methods.base import BatchNormParams, LayerArrays
 from ..methods.moments import Activation
 from .index import GraphIndex, attribute
 

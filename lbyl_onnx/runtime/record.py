@@ -14,10 +14,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .. import check
-from ..errors import UsageError
+from ..graph.units import Unit
 from ..methods.calibrated import ActivationStats
-from .units import Unit
+from . import sessions
+from .sessions import batch_slices
 
 
 def record_statistics(
@@ -35,7 +35,7 @@ def record_statistics(
         helper.make_empty_tensor_value_info(name) for name in tensors if name not in existing
     )
     try:  # the recorded tensors are outputs only while the session is created
-        session = check.session(model)
+        session = sessions.session(model)
     finally:
         del graph.output[count_outputs:]
     stats = {u.name: ActivationStats.empty(u.channels) for u in units}
@@ -55,14 +55,3 @@ def batches(
     count = len(next(iter(data.values())))
     for part in batch_slices(session, count, batch):
         yield {name: value[part] for name, value in data.items()}
-
-
-def batch_slices(session: ort.InferenceSession, count: int, batch: int) -> list[slice]:
-    """``count`` samples in slices of ``batch`` (the model's own batch when it is fixed,
-    whose remainder is dropped)."""
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
-    if count < step:
-        raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
-    last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
-    return [slice(start, min(start + step, count)) for start in range(0, last, step)]

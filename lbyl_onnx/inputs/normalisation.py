@@ -1,322 +1,33 @@
-"""Synthetic inputs with the structure of real ones, for data-free activation statistics.
+"""The input normalisation of an image model, estimated from the model alone.
 
-Calibration mode (``prune(model, calibration_data=...)``) measures the activations each unit's
-consumers read. Without user data, this module makes inputs that resemble real ones closely
-enough for those measurements to be useful (issue #7), with NumPy only:
-
-- :func:`synthetic_images`: images in ``[0, 1]`` built from Fourier-synthesised noise with a
-  natural ``1/f^alpha`` power spectrum, random filled shapes (rectangles, ellipses) with soft
-  edges, and random straight edges and lines, with colour channels correlated like those of
-  photos;
-- :func:`input_normalisation`: the per-channel affine map ``scale * x + shift`` that takes
-  such images to the range the model was trained on, estimated from the model alone (fitted
-  to the first BatchNormalization's running statistics, else the common convention that
-  suits the first layer's bias, else :data:`FALLBACK`);
-- :func:`synthetic_inputs`: one array per model input, ready for ``calibration_data``.
-
-What is assumed, and where it can be wrong:
-
-- An image input is a float tensor of rank 4, ``NCHW``, or ``NHWC`` when a
-  ``Transpose(perm=[0, 3, 1, 2])`` reads it directly (as tf2onnx writes) or its last
-  dimension is 1, 3 or 4 and its second is not. Other float inputs (rank 2 or 3, e.g. feature
-  vectors) get standard normal values: their scale cannot be known without data.
-- Images are natural photographs: the generator knows nothing of medical scans, documents
-  or handwriting. Models trained on such inputs see synthetic statistics that differ from
-  their data, and the measured moments differ accordingly.
-- The normalisation is one affine map per input channel applied to ``[0, 1]`` images
-  (:func:`fit_normalisation` states its assumptions). With BatchNormalization statistics
-  after the first layer it is fitted to them; without (BN fused into the conv, or none at
-  all) it is one of four common conventions, chosen by a heuristic on the first layer's
-  bias that tells the scale (``[0, 255]`` or not) much better than the offset.
-- Every sample is independent of the model beyond that map: the images are not optimised
-  to excite the model's deeper features, so deep layers can see statistics far from those
-  of real data (measure with ``scripts/statistics_diagnostic.py``).
+The per-channel affine map ``scale * x + shift`` that takes ``[0, 1]`` images to the range
+the model was trained on: fitted to the first BatchNormalization's running statistics
+(:func:`fit_normalisation`, which states its assumptions), else the common convention that
+suits the first layer's bias, else :data:`FALLBACK`.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from .check import real_inputs, session
-from .graph.index import GraphIndex
-
-IMAGE_SIDE = 224
-"""Height and width used for a symbolic image dimension when no shape is given."""
+from ..graph.index import GraphIndex
+from ..runtime.sessions import session
+from .images import CONVENTIONS, IMAGE_SIDE, convention, synthetic_images
+from .specs import InputSpec, input_specs, to_layout
 
 MOMENT_POSITIONS = 2048
 """Output positions per batch of 8 images at which :func:`fit_normalisation` measures."""
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
 FALLBACK = "[-1,1]"
 """The convention used when nothing in the model tells the input range (no first linear layer
 reached through affine ops, or one without BatchNormalization statistics and without bias):
 ``(x - 0.5) / 0.5``, between ``[0, 1]`` and ImageNet's ``(x - mean) / std`` in scale, and
 zero-centred like most conventions. A guess, not a measurement."""
-
-CONVENTIONS = ("[0,1]", "[-1,1]", "imagenet", "[0,255]")
-"""The named input conventions :func:`convention` knows."""
-
-INPUT_RANGES = {"0,1": "[0,1]", "-1,1": "[-1,1]", "imagenet": "imagenet", "0,255": "[0,255]"}
-"""``--input-range`` values (free of shell glob brackets) and the conventions they name."""
-
-
-def convention(name: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(scale, shift)`` per channel of a named convention, applied to ``[0, 1]`` images:
-    ``[0,1]`` (identity), ``[-1,1]`` (``(x - 0.5) / 0.5``), ``imagenet``
-    (``(x - mean) / std`` with the ImageNet RGB constants; their averages for a channel count
-    other than 3) and ``[0,255]``."""
-    ones = np.ones(channels)
-    if name == "[0,1]":
-        return ones, 0 * ones
-    if name == "[-1,1]":
-        return 2 * ones, -ones
-    if name == "[0,255]":
-        return 255 * ones, 0 * ones
-    if name == "imagenet":
-        mean = IMAGENET_MEAN if channels == 3 else IMAGENET_MEAN.mean() * ones
-        std = IMAGENET_STD if channels == 3 else IMAGENET_STD.mean() * ones
-        return 1 / std, -mean / std
-    raise ValueError(f"unknown convention {name!r} (choose from {', '.join(CONVENTIONS)})")
-
-
-# --------------------------------------------------------------------------------------------
-# images
-
-
-def spectral_noise(rng: np.random.Generator, height: int, width: int, alpha: float) -> np.ndarray:
-    """A ``height x width`` field with power spectrum ``P(f) ~ 1/f^alpha``, zero mean, unit std.
-
-    Fourier synthesis: every frequency gets a complex Gaussian coefficient of amplitude
-    ``f^(-alpha/2)`` (``f`` in cycles per pixel), the zero frequency none; the inverse real FFT
-    is the field. The field is periodic (it wraps around at the borders).
-    """
-    amplitude = _amplitude(height, width, alpha)
-    shape = amplitude.shape
-    coefficients = amplitude * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-    field = np.fft.irfft2(coefficients, s=(height, width))
-    std = field.std()
-    return (field - field.mean()) / (std if std > 0 else 1.0)
-
-
-@functools.lru_cache(maxsize=4)
-def _amplitude(height: int, width: int, alpha: float) -> np.ndarray:
-    """``f^(-alpha/2)`` over the half-spectrum of a ``height x width`` field, 0 at ``f = 0``
-    (cached: the channels of one image share ``alpha``)."""
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    f = np.sqrt(fx**2 + fy**2)
-    f[0, 0] = 1.0
-    amplitude = f ** (-alpha / 2)
-    amplitude[0, 0] = 0.0
-    amplitude.flags.writeable = False
-    return amplitude
-
-
-def _colour(rng: np.random.Generator, channels: int, level: float, spread: float) -> np.ndarray:
-    """A colour: a common grey ``level`` plus a smaller per-channel deviation (chroma)."""
-    return level + spread * rng.standard_normal(channels)
-
-
-def _correlated_noise(
-    rng: np.random.Generator, channels: int, height: int, width: int, alpha: float
-) -> np.ndarray:
-    """``channels`` fields of ``1/f^alpha`` noise sharing a luminance component: channel
-    ``c`` is ``L + s * chroma_c`` with ``s ~ U(0.2, 0.6)``, so channels correlate at
-    ``1 / (1 + s^2)`` (0.74-0.96, like the RGB channels of photos)."""
-    luminance = spectral_noise(rng, height, width, alpha)
-    if channels == 1:
-        return luminance[None]
-    s = rng.uniform(0.2, 0.6)
-    chroma = np.stack([spectral_noise(rng, height, width, alpha) for _ in range(channels)])
-    return (luminance[None] + s * chroma) / np.sqrt(1 + s**2)
-
-
-def _soft(distance: np.ndarray, softness: float) -> np.ndarray:
-    """Coverage of a shape from a signed distance in pixels (negative inside), with an edge
-    blurred over about ``softness`` pixels (a logistic profile)."""
-    return 1.0 / (1.0 + np.exp(np.clip(distance / max(softness, 1e-3), -50, 50)))
-
-
-def _shape_mask(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, side: float):
-    """Coverage of one random rectangle or ellipse, rotated, of size drawn log-uniformly
-    between 3% and 60% of the image's short side (many small shapes, few large ones, as in
-    the dead-leaves model of natural images). ``y`` is the column of row indices, ``x`` the
-    row of column indices (the rotated coordinates are sums of a term along each)."""
-    height, width = len(y), x.shape[-1]
-    cy, cx = rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width
-    radius = side * np.exp(rng.uniform(np.log(0.03), np.log(0.6)))
-    ry, rx = radius, radius * np.exp(rng.uniform(-1.0, 1.0))
-    angle = rng.uniform(0, np.pi)
-    u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
-    v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
-    if rng.random() < 0.5:  # ellipse: approximate signed distance
-        r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
-        distance = (r - 1.0) * min(rx, ry)
-    else:  # rectangle
-        distance = np.maximum(np.abs(u) - rx, np.abs(v) - ry)
-    return _soft(distance, rng.uniform(0.3, 1.5))
-
-
-def _one_image(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
-    """One ``[C, H, W]`` image in ``[0, 1]`` (see :func:`synthetic_images`)."""
-    alpha = rng.uniform(1.5, 2.5)
-    level = rng.uniform(0.25, 0.75)
-    contrast = rng.uniform(0.05, 0.25)
-    image = _colour(rng, channels, level, 0.08)[:, None, None] + contrast * _correlated_noise(
-        rng, channels, height, width, alpha
-    )
-    # coordinates as a column and a row: every distance below is a sum of a term along
-    # each, broadcast once to the image (the same values as on full grids, fewer operations)
-    yy = np.arange(height, dtype=np.float64)[:, None]
-    xx = np.arange(width, dtype=np.float64)[None, :]
-    side = float(min(height, width))
-    for _ in range(rng.integers(0, 4)):  # straight edges: a step across the whole image
-        angle = rng.uniform(0, 2 * np.pi)
-        offset = rng.uniform(-0.4, 0.4) * side
-        distance = (xx - width / 2) * np.cos(angle) + (yy - height / 2) * np.sin(angle) - offset
-        step = _colour(rng, channels, rng.normal(0, 0.2), 0.05)
-        image = image + step[:, None, None] * _soft(distance, rng.uniform(0.3, 2.0))[None]
-    shapes = rng.integers(0, 16)
-    if shapes:  # one texture field, shifted for every shape
-        texture = _correlated_noise(rng, channels, height, width, rng.uniform(1.5, 2.5))
-    for _ in range(shapes):  # filled shapes, textured, partly transparent
-        mask = _shape_mask(rng, yy, xx, side)[None] * rng.uniform(0.6, 1.0)
-        fill = _colour(rng, channels, rng.uniform(0, 1), 0.1)[:, None, None]
-        shift = (int(rng.integers(0, height)), int(rng.integers(0, width)))
-        fill = fill + rng.uniform(0, 0.1) * np.roll(texture, shift, axis=(1, 2))
-        image = image * (1 - mask) + fill * mask
-    for _ in range(rng.integers(0, 5)):  # thin lines
-        angle = rng.uniform(0, np.pi)
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        distance = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
-        distance = distance - rng.uniform(0.3, 1.5)
-        mask = _soft(distance, 0.5)[None] * rng.uniform(0.5, 1.0)
-        image = (
-            image * (1 - mask)
-            + _colour(rng, channels, rng.uniform(0, 1), 0.05)[:, None, None] * mask
-        )
-    return np.clip(image, 0.0, 1.0)
-
-
-def synthetic_images(
-    n: int, channels: int = 3, height: int = IMAGE_SIDE, width: int = IMAGE_SIDE, seed: int = 0
-) -> np.ndarray:
-    """``n`` images ``[n, channels, height, width]``, float32 in ``[0, 1]``, deterministic in
-    ``seed``.
-
-    Each image: a background of colour noise with power spectrum ``1/f^alpha``,
-    ``alpha ~ U(1.5, 2.5)`` per image (natural images have ``alpha`` about 2), around a random
-    grey level with a random contrast; 0-3 straight step edges across it (illumination
-    boundaries); 0-15 filled rectangles and ellipses (rotated, log-uniform sizes, soft edges,
-    partly transparent, with a faint noise texture) painted over one another; 0-4 thin lines;
-    then clipped to ``[0, 1]``. Colours are a grey level plus a smaller per-channel deviation,
-    so channels are strongly but not perfectly correlated. The mixture varies per image: some
-    are mostly noise, some mostly shapes.
-    """
-    if n < 0 or channels < 1 or height < 1 or width < 1:
-        raise ValueError(f"invalid image batch {n}x{channels}x{height}x{width}")
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, channels, height, width), dtype=np.float32)
-    for i in range(n):
-        out[i] = _one_image(rng, channels, height, width)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# inputs of a model
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How one model input is synthesised: ``layout`` is ``NCHW``, ``NHWC`` (images) or
-    ``dense`` (standard normal); ``shape`` has the batch dimension first (``-1`` if free)."""
-
-    name: str
-    layout: str
-    shape: tuple[int, ...]
-
-    @property
-    def channels(self) -> int:
-        return self.shape[1] if self.layout == "NCHW" else self.shape[-1]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.shape[2], self.shape[3]) if self.layout == "NCHW" else self.shape[1:3]
-
-
-def _dims(info: onnx.ValueInfoProto) -> list[int | None]:
-    return [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in info.type.tensor_type.shape.dim
-    ]
-
-
-def _transposed_to_nchw(index: GraphIndex, name: str) -> bool:
-    readers = index.readers.get(name, [])
-    return bool(readers) and all(
-        r.node.op_type == "Transpose" and list(_perm(r.node)) == [0, 3, 1, 2] for r in readers
-    )
-
-
-def _perm(node: onnx.NodeProto) -> list[int]:
-    for attr in node.attribute:
-        if attr.name == "perm":
-            return list(attr.ints)
-    return []
-
-
-def input_specs(
-    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
-) -> list[InputSpec]:
-    """The synthesis plan of every real (non-weight) float input of ``model``.
-
-    ``input_shapes`` (name -> full shape, as ``PruneConfig.input_shapes``) fixes dimensions;
-    otherwise a symbolic image side becomes :data:`IMAGE_SIDE`, a symbolic channel count 3,
-    any other symbolic non-batch dimension 1. The batch dimension is ``-1`` when free, else
-    the model's fixed batch. Raises ``ValueError`` for an input that is not floating point
-    (token ids, masks): nothing is known of its values.
-    """
-    index = GraphIndex(model)
-    specs = []
-    for info in real_inputs(model):
-        elem = info.type.tensor_type.elem_type
-        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
-            raise ValueError(f"input '{info.name}' is not floating point: cannot synthesise it")
-        dims = _dims(info)
-        given = (input_shapes or {}).get(info.name)
-        if given is not None:
-            dims = [dims[0] if dims else None, *[int(d) for d in given[1:]]]
-        batch = dims[0] if dims and dims[0] else -1
-        if len(dims) == 4:
-            nhwc = _transposed_to_nchw(index, info.name) or (
-                dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4)
-            )
-            if nhwc:
-                h, w, c = dims[1] or IMAGE_SIDE, dims[2] or IMAGE_SIDE, dims[3] or 3
-                specs.append(InputSpec(info.name, "NHWC", (batch, h, w, c)))
-            else:
-                c, h, w = dims[1] or 3, dims[2] or IMAGE_SIDE, dims[3] or IMAGE_SIDE
-                specs.append(InputSpec(info.name, "NCHW", (batch, c, h, w)))
-        else:
-            rest = tuple(d or 1 for d in dims[1:])
-            specs.append(InputSpec(info.name, "dense", (batch, *rest)))
-    return specs
-
-
-def _layout(images: np.ndarray, layout: str) -> np.ndarray:
-    """``[n, C, H, W]`` images in ``layout``."""
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1) if layout == "NHWC" else images)
-
-
-# --------------------------------------------------------------------------------------------
-# normalisation
 
 
 @dataclass
@@ -359,6 +70,7 @@ class Normalisation:
 PREPROCESSING_OPS = {"Transpose", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pad"}
 """Ops allowed between the image input and its first linear layer: each is affine in its one
 data input when its other inputs are constants (``Pad`` in constant mode only)."""
+
 
 FLATTENING_OPS = {"Flatten", "Reshape"}
 """Ops that may lead the input to a Gemm/MatMul first layer (also affine)."""
@@ -479,7 +191,7 @@ def _moments(
     dtype = np.float32
 
     def run(batch_nchw: np.ndarray) -> np.ndarray:
-        feed = _layout(batch_nchw.astype(dtype), spec.layout)
+        feed = to_layout(batch_nchw.astype(dtype), spec.layout)
         return sess.run([target], {spec.name: feed})[0].astype(np.float64)
 
     zero = run(np.zeros((1, c, h, w)))
@@ -730,37 +442,3 @@ def input_normalisation(
     ``[0, 1]`` images ``x``, estimated without data (:func:`fit_normalisation`)."""
     norm = fit_normalisation(model, input_shapes=input_shapes)
     return norm.scale, norm.shift
-
-
-def synthetic_inputs(
-    model: onnx.ModelProto,
-    n: int,
-    seed: int = 0,
-    input_shapes: dict[str, list[int]] | None = None,
-    normalisation: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> dict[str, np.ndarray]:
-    """``n`` synthetic samples per float input of ``model``, usable as ``calibration_data``.
-
-    Image inputs (:func:`input_specs`) get :func:`synthetic_images` mapped by
-    :func:`fit_normalisation` (or by ``normalisation[name] = (scale, shift)`` when given), in
-    the input's layout; other inputs standard normal values. Symbolic sizes follow
-    :func:`input_specs` (``input_shapes`` overrides them).
-    """
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k, spec in enumerate(input_specs(model, input_shapes)):
-        if spec.layout == "dense":
-            out[spec.name] = rng.standard_normal((n, *spec.shape[1:])).astype(np.float32)
-            continue
-        if normalisation and spec.name in normalisation:
-            scale, shift = (np.asarray(v, np.float64) for v in normalisation[spec.name])
-        else:
-            norm = fit_normalisation(model, spec.name, input_shapes=input_shapes)
-            scale, shift = norm.scale, norm.shift
-        h, w = spec.size
-        images = synthetic_images(n, spec.channels, h, w, seed=seed + 7919 * k)
-        images = images * scale[None, :, None, None] + shift[None, :, None, None]
-        out[spec.name] = _layout(images.astype(np.float32), spec.layout)
-    return out

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .. import check
-from .shapes import infer_shapes
-from .units import Unit
+from ..graph.shapes import infer_shapes
+from ..graph.units import Unit
+from . import sessions
 
 BATCH = 8
 """Inputs per onnxruntime run (unless the model's batch is fixed)."""
@@ -57,7 +57,7 @@ class OutputSensitivity:
             if name not in {o.name for o in graph.output}
         )
         try:  # the maps are in the graph only while the session is created
-            self.session = check.session(model, optimised=True)
+            self.session = sessions.session(model, optimised=True)
         finally:
             del graph.node[counts[0] :]
             del graph.input[counts[1] :]

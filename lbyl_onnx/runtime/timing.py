@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .. import check
+from ..graph.rewrite import Plan, apply_plans
+from ..graph.shapes import infer_shapes
+from ..graph.units import Unit, find_units, units_by_tensor
 from ..methods.allocation import CostTerm, candidate_counts
 from ..methods.base import identity_rows
-from .rewrite import Plan, apply_plans
-from .shapes import infer_shapes
-from .units import Unit, find_units, units_by_tensor
+from . import sessions
 
 FUSED_INTO_CONV = {
     "Add",
@@ -127,7 +127,7 @@ def latency_costs(
     factors = kernel_factors(named, units)
     terms = split_times(full_times, probe_times, factors, halves, [u.channels for u in units])
     resolved = sum(k in factors for k in full_times)
-    return LatencyCosts(terms, total, check.shapes_text(feeds), len(full_times), resolved)
+    return LatencyCosts(terms, total, sessions.shapes_text(feeds), len(full_times), resolved)
 
 
 def split_times(
@@ -222,7 +222,7 @@ def kernel_times(
     a run), and the median run's time, from onnxruntime's profile of about
     :data:`PROFILE_SECONDS` of runs after :data:`WARM_UP_RUNS` unprofiled ones."""
     with tempfile.TemporaryDirectory(prefix="lbyl-onnx-profile-") as folder:
-        session = check.session(model, profile_prefix=os.path.join(folder, "profile"))
+        session = sessions.session(model, profile_prefix=os.path.join(folder, "profile"))
         fewest, most = PROFILE_RUNS
         spent, runs = 0.0, 0
         while runs < WARM_UP_RUNS + most and (

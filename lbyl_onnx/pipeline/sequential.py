@@ -33,7 +33,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .. import check
+from ..graph.rewrite import Plan, apply_plans, consumer_column_gram
+from ..graph.shapes import infer_shapes
+from ..graph.units import Unit, find_units
 from ..methods.base import Solution, identity_rows
 from ..methods.calibrated import (
     SEQUENTIAL_RIDGE,
@@ -42,10 +44,8 @@ from ..methods.calibrated import (
     solve_sequential,
 )
 from ..methods.selection import reconstruction_keep
-from .record import batch_slices
-from .rewrite import Plan, apply_plans, consumer_column_gram
-from .shapes import infer_shapes
-from .units import Unit, find_units
+from ..runtime import sessions
+from ..runtime.sessions import batch_slices
 
 POSITIONS = 256
 """Spatial positions per sample at which a unit's channels are observed, drawn at random
@@ -165,7 +165,7 @@ class SequentialCalibration:
         batch) and the positions observed in each sample (None: all)."""
         tensors = sorted({u.record for u in self.units})
         model = _cut(self._pruned([]), tensors)
-        session = check.session(model, optimised=True)
+        session = sessions.session(model, optimised=True)
         count = len(next(iter(self.data.values())))
         self._slices = batch_slices(session, count, self.batch)
         first = {name: value[self._slices[0]] for name, value in self.data.items()}
@@ -264,7 +264,7 @@ class SequentialCalibration:
     ) -> Iterator[list[np.ndarray]]:
         """``tensors`` computed by ``model`` (cut to them: :func:`_cut`), batch by batch, fed
         the calibration data and the frontier tensors ``given``."""
-        session = check.session(model, optimised=True)
+        session = sessions.session(model, optimised=True)
         inputs = [i.name for i in session.get_inputs()]
         for index, part in enumerate(self._slices):
             feeds = {

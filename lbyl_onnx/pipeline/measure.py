@@ -4,19 +4,17 @@ that synthetic calibration (LBYL's default without calibration data) runs on."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from .check import real_inputs
-from .graph.sensitivity import OutputSensitivity
-from .graph.units import Unit
-from .synthetic import input_specs, normalisations, synthetic_inputs
-
-if TYPE_CHECKING:
-    from .api import PruneConfig
+from ..config import PruneConfig
+from ..graph.shapes import real_inputs
+from ..graph.units import Unit
+from ..inputs.normalisation import normalisations
+from ..inputs.specs import input_specs
+from ..inputs.synthetic import synthetic_inputs
+from ..runtime.sensitivity import OutputSensitivity
 
 SYNTHETIC_SAMPLES = 64
 """Synthetic inputs on which a budget's damage is measured without calibration data."""

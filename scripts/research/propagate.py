@@ -39,11 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..methods.calibrated import ActivationStats
-from ..methods.moments import Activation, Function, activation_moments
-from .index import GraphIndex, attribute
-from .shapes import infer_shapes
-from .units import Unit
+from lbyl_onnx.graph.index import GraphIndex, attribute
+from lbyl_onnx.graph.shapes import infer_shapes
+from lbyl_onnx.graph.units import Unit
+from lbyl_onnx.methods.calibrated import ActivationStats
+from lbyl_onnx.methods.moments import Activation
+
+from .mehler import Function, activation_moments
 
 MAX_COST = 4e10
 """Multiply-adds one node's covariance may take; a larger one (a dense layer on a large
@@ -471,7 +473,7 @@ def propagated_statistics(
     """Per unit whose recorded channels the propagation reaches, their statistics as
     :class:`ActivationStats` (one nominal observation); ``inputs``: samples of every input
     (synthetic ones for a data-free model of the input)."""
-    from ..synthetic import input_specs
+    from lbyl_onnx.inputs.specs import input_specs
 
     layouts = {s.name: s.layout for s in input_specs(model, input_shapes)}
     start = {name: input_moments(value, layouts[name]) for name, value in inputs.items()}

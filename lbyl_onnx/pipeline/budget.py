@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from .errors import UsageError
-from .graph.rewrite import consumer_column_gram
-from .graph.sensitivity import OutputSensitivity
-from .graph.shapes import batch_one_dims, infer_shapes, node_macs
-from .graph.timing import LatencyCosts
-from .graph.units import Unit, units_by_tensor
-from .methods.allocation import (
+from ..config import PruneConfig
+from ..errors import UsageError
+from ..graph.rewrite import consumer_column_gram
+from ..graph.shapes import batch_one_dims, infer_shapes, node_macs
+from ..graph.units import Unit, units_by_tensor
+from ..methods.allocation import (
     CostTerm,
     Limit,
     activation_damage,
@@ -31,13 +29,12 @@ from .methods.allocation import (
     candidate_counts,
     total_cost,
 )
-from .methods.base import Solution, layer_damage, regularisers
-from .methods.calibrated import ActivationStats
-from .methods.criteria import keep_best
-from .report import ModelSummary
-
-if TYPE_CHECKING:
-    from .api import PruneConfig
+from ..methods.base import Solution, layer_damage, regularisers
+from ..methods.calibrated import ActivationStats
+from ..methods.criteria import keep_best
+from ..report import ModelSummary
+from ..runtime.sensitivity import OutputSensitivity
+from ..runtime.timing import LatencyCosts
 
 DAMAGE_POINTS = 16
 """Kept counts per unit at which the damage curve is solved (linear in between)."""

@@ -1,0 +1,61 @@
+"""Checks of user-given inputs (``--input-data``, ``--calibration-data``, ``--input-shape``)
+against the model's declared inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph.shapes import NUMPY_TYPES, declared_dims, real_inputs
+
+
+def input_problems(
+    model: onnx.ModelProto,
+    input_data: dict[str, np.ndarray] | None,
+    input_shapes: dict[str, list[int]] | None,
+    data_flag: str = "--input-data",
+    any_batch: bool = False,
+) -> list[str]:
+    """What is wrong with user-given inputs or shapes for this model (empty if nothing).
+
+    Names must be real graph inputs; data must have the input's element type and rank, and
+    its fixed dimensions (with ``any_batch``, the first may be any number of samples, which
+    the caller feeds in batches); shapes must have the input's rank and fixed dimensions.
+    """
+    declared = {entry.name: entry for entry in real_inputs(model)}
+    known = ", ".join(declared) or "none"
+    problems = []
+    given = [
+        (name, value.shape, value.dtype, data_flag) for name, value in (input_data or {}).items()
+    ]
+    given += [
+        (name, tuple(dims), None, "--input-shape") for name, dims in (input_shapes or {}).items()
+    ]
+    for name, shape, dtype, flag in given:
+        entry = declared.get(name)
+        if entry is None:
+            problems.append(f"{flag} names '{name}', which is not an input (inputs: {known})")
+            continue
+        expected = NUMPY_TYPES.get(entry.type.tensor_type.elem_type)
+        if dtype is not None and expected is not None and np.dtype(dtype) != np.dtype(expected):
+            problems.append(
+                f"{flag} '{name}' is {np.dtype(dtype)}, the model expects {np.dtype(expected)}"
+            )
+        dims = declared_dims(entry.type)
+        if dims is None:
+            continue
+        if len(dims) != len(shape):
+            problems.append(
+                f"{flag} '{name}' has shape {list(shape)}, the model expects rank {len(dims)}"
+            )
+            continue
+        for axis, (want, have) in enumerate(zip(dims, shape, strict=True)):
+            if any_batch and axis == 0 and flag == data_flag:
+                continue
+            if isinstance(want, int) and want > 0 and want != have:
+                problems.append(
+                    f"{flag} '{name}' has shape {list(shape)}, "
+                    f"the model expects {want} on axis {axis}"
+                )
+                break
+    return problems
