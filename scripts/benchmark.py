@@ -56,7 +56,7 @@ class Cost:
 FLOOR = """
 import json
 from lbyl_onnx.graph.io import load_model, save_model
-from lbyl_onnx.check import validate
+from lbyl_onnx.runtime.validate import validate
 model = load_model(sys.argv[1])
 validate(model, model, check_n=8, input_shapes=json.loads(sys.argv[3]) or None)
 save_model(model, sys.argv[2])

@@ -4,7 +4,7 @@ For each development model with prunable units and each ratio, it prunes with ``
 ``lbyl`` (the closed forms) and with *lbyl+prop*: LBYL's activation-space least squares and
 bias correction solved unit by unit (as ``--independent`` calibration does) on statistics
 that no inputs were run for: means and channel covariances propagated through the graph
-from a model of the input (:mod:`lbyl_onnx.graph.propagate`; the input's moments are those
+from a model of the input (``scripts/research/propagate.py``; the input's moments are those
 of 32 synthetic images). Units the propagation does not reach keep closed-form LBYL. The
 tool has no option for this (it is what issue #7 asks to measure before shipping such a
 method): the script hands the propagated statistics to the ``--independent`` path in place

@@ -8,9 +8,9 @@ four sources, the first three compared against the last:
   statistics and no max-pool follows the activation (the bias correction's trust rule). It
   predicts standard deviations only where nothing pools between the activation and the
   consumers, and channel correlations of 0 (independent channels);
-- **syn**: measured on synthetic inputs (``lbyl_onnx.synthetic.synthetic_inputs``);
+- **syn**: measured on synthetic inputs (``lbyl_onnx.inputs.synthetic.synthetic_inputs``);
 - **prop**: propagated through the graph from the synthetic inputs' moments, re-anchored at
-  every BatchNormalization (``lbyl_onnx.graph.propagate``; no activation is measured);
+  every BatchNormalization (``scripts/research/propagate.py``; no activation is measured);
 - **real**: measured on real inputs (``--real FILE.npz``, arrays named like the model's inputs,
   or ``--bench NAME``: the benchmark's calibration inputs of a development model).
 

@@ -1,4 +1,4 @@
-"""Synthetic inputs (lbyl_onnx.synthetic): spectrum, range, determinism, normalisation."""
+"""Synthetic inputs (lbyl_onnx.inputs): spectrum, range, determinism, normalisation."""
 
 from __future__ import annotations
 

@@ -158,9 +158,8 @@ class CrossStats:
 SEQUENTIAL_RIDGE = 1e-2
 """Relative weight of the pull toward plain pass-through in :func:`solve_sequential` on
 real calibration data (and on synthetic inputs where :func:`cross_validated_ridge` cannot
-run: a single sample). Measured (docs/benchmarks.md, "Sequential calibration"): with a
-pull toward zero instead, PP-OCRv4 calibrated on photos and evaluated on a text page lost
-more than it gained (error 0.229 against 0.123 at 0.3); toward pass-through, 0.122."""
+run: a single sample). Why pass-through and not zero, and why this weight:
+docs/benchmarks.md, "Sequential calibration"."""
 
 RIDGE_CHOICES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """The relative ridges :func:`cross_validated_ridge` chooses from."""

@@ -94,8 +94,7 @@ def nonnegative_quadratic(a: np.ndarray, b: np.ndarray, tolerance: float = TOLER
         u += s - z
     solutions = np.empty_like(b)
     # many small factorisations, each between Python steps: BLAS threads would spend more
-    # time waking than working (EfficientNet-Lite0's 806 x 806 system with 346 columns:
-    # 16.3 s on 2 threads, 4.7 s on one)
+    # time waking than working
     with threadpool_limits(limits=1, user_api="blas"):
         for column in range(b.shape[1]):
             solution = _active_set(a, b[:, column], z[:, column], tolerance)

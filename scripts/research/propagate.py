@@ -4,7 +4,7 @@ Every tensor of the graph is modelled as Gaussian per position, with a channel m
 and covariance ``C`` that are the same at every position, and a separable spatial
 correlation ``Cov(x_c(p), x_d(q)) = C_cd rho^(|p - q|_1)`` (``rho`` the correlation of
 neighbouring positions). The network input's moments are measured on synthetic images
-(:mod:`lbyl_onnx.synthetic`); every node then maps them in closed form:
+(:mod:`lbyl_onnx.inputs.synthetic`); every node then maps them in closed form:
 
 - **Conv** (weight ``W``, ``O x C/g x k x k``): ``mu' = W_sum mu + b`` and
   ``C'_oo' = sum_{c,d,p,q} W_ocp W_o'dq C_cd R_pq`` with ``R_pq = rho^(|p - q|_1)`` over the
