@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 import onnx
 
-from .config import PruneConfig
+from .config import PruneConfig, validate_options
 from .graph.io import check_output_path, load_model, save_model, write_text_atomic
 from .graph.shapes import infer_shapes
 from .graph.units import Declined, Unit, find_units
-from .pipeline.run import prune
+from .pipeline.run import prune, prune_validated
 from .report import Report
+
+__all__ = ["PruneConfig", "check_writable", "list_units", "prune", "prune_file", "write_report"]
 
 
 def list_units(
@@ -35,10 +37,11 @@ def prune_file(
     save_as_external_data: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """:func:`prune` from file to file; OUT is written atomically, and only on success."""
-    config = (config or PruneConfig()).validated()
+    """:func:`prune` from file to file; OUT is written atomically, and only on success. The
+    options are checked first (once), then the output path, before any work is done."""
+    options = validate_options(config or PruneConfig())
     check_output_path(input_path, output_path)
-    model, report = prune(input_path, config, progress)
+    model, report = prune_validated(input_path, options, progress)
     save_model(model, output_path, external_data=save_as_external_data)
     return report
 

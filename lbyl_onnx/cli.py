@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from .api import check_writable, list_units, prune_file, write_report
-from .config import CRITERION_NAMES, INPUT_RANGES, METHOD_NAMES, PruneConfig
+from .config import CRITERION_NAMES, INPUT_RANGES, METHOD_NAMES, OptionError, PruneConfig
 from .errors import (
     EXIT_INTERNAL,
     EXIT_NOT_VALIDATED,
@@ -47,6 +47,49 @@ Exit codes:
      OUT is not written
   4  OUT written, but validation could not run (e.g. the original needs custom ops)
 """
+
+
+FLAGS = {
+    "ratio": "--ratio",
+    "target_macs": "--target-macs",
+    "target_params": "--target-params",
+    "target_latency": "--target-latency",
+    "round_to": "--round-to",
+    "min_keep": "--min-keep",
+    "method": "--method",
+    "criterion": "--criterion",
+    "exclude": "--exclude",
+    "ratio_for": "--ratio-for",
+    "check": "--check",
+    "check=False": "--no-check",
+    "check_n": "--check-n",
+    "input_shapes": "--input-shape",
+    "input_data": "--input-data",
+    "input_range": "--input-range",
+    "calibration_data": "--calibration-data",
+    "synthetic_calibration": "--synthetic-calibration/--closed-form",
+    "synthetic_calibration=True": "--synthetic-calibration",
+    "synthetic_calibration=False": "--closed-form",
+    "sequential": "--sequential/--independent",
+    "sequential=True": "--sequential",
+    "sequential=False": "--independent",
+    "bias_correction": "--bias-correction/--no-bias-correction",
+    "bias_correction=True": "--bias-correction",
+    "bias_correction=False": "--no-bias-correction",
+    "prune_residual": "--prune-residual",
+}
+"""The flag of each option of :class:`PruneConfig` the command line sets (``field``, or
+``field=value`` for a switch's side): how :class:`OptionError` messages name them here."""
+
+
+def flag(option: str) -> str:
+    """``option`` (``field`` or ``field=value``, as :class:`OptionError` names it) as typed on
+    the command line: ``ratio_for`` -> ``--ratio-for``, ``sequential=False`` ->
+    ``--independent``, ``method=lbyl`` -> ``--method lbyl``."""
+    if option in FLAGS:
+        return FLAGS[option]
+    name, _, value = option.partition("=")
+    return f"{FLAGS[name]} {value}"
 
 
 def _parse_shape(text: str) -> tuple[str, list[int]]:
@@ -171,8 +214,8 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="Which channels go: lowest L2 or L1 norm of the filter, nearest the geometric "
     "median, or (reconstruction) those the kept ones rebuild best in the consumers' output, "
     "chosen greedily from the activations in sequential calibration. Default: "
-    "reconstruction with --calibration-data, l2 otherwise (on synthetic inputs it lost to "
-    "l2 on two of the benchmark's nine models).",
+    "reconstruction with --calibration-data, l2 otherwise (docs/benchmarks.md, Choosing "
+    "channels from the activations).",
 )
 @click.option(
     "--exclude",
@@ -246,12 +289,11 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     help="How compensation is solved without --calibration-data. Default, for --method lbyl: "
     "calibrated as with --calibration-data on synthetic images made for the model (1/f "
     "noise, shapes and edges, scaled as --input-range or as estimated from the model; up to "
-    "256, within 512 MiB): no data needed, and on the benchmark it won or tied all 27 cells "
-    "against the better of nm and closed-form lbyl, at 8-80 times the time (VGG16: about 2.5 "
-    "minutes); where the inputs cannot be synthesised or the model does not run on them, it "
-    "falls back to the closed form with a warning. --synthetic-calibration: insist (exit 2 "
-    "where it cannot), also for the other methods (their bias correction). --closed-form: "
-    "the methods as published, from the weights alone, in seconds.",
+    "256, within 512 MiB): no data needed, slower than the closed form (docs/benchmarks.md, "
+    "--synthetic-calibration); where the inputs cannot be synthesised or the model does not "
+    "run on them, it falls back to the closed form with a warning. --synthetic-calibration: "
+    "insist (exit 2 where it cannot), also for the other methods (their bias correction). "
+    "--closed-form: the methods as published, from the weights alone, in seconds.",
 )
 @click.option(
     "--sequential/--independent",
@@ -260,8 +302,7 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
     "layers in graph order, each against the original's activations with the earlier layers "
     "already pruned, so that it also undoes what they lost (the default there); or each on "
     "the original's activations alone, as if it were the only one pruned: faster, less "
-    "accurate (EfficientNet-Lite0 at 0.3: 12 s against 27 s, top-1 agreement 0.53 against "
-    "0.77).",
+    "accurate (docs/benchmarks.md, Sequential calibration).",
 )
 @click.option(
     "--report",
@@ -299,7 +340,8 @@ def main(**options) -> None:
     except LbylError as error:
         if options["verbose"]:
             traceback.print_exc()
-        click.echo(f"error: {error}", err=True)
+        message = error.spelled(flag) if isinstance(error, OptionError) else str(error)
+        click.echo(f"error: {message}", err=True)
         code = error.exit_code
     except Exception as error:  # a bug: one line, traceback with -v
         if options["verbose"]:
@@ -309,40 +351,30 @@ def main(**options) -> None:
     sys.exit(code)
 
 
-def _run(o: SimpleNamespace) -> int:
-    """The command's work, with ``o`` holding the parsed options; returns the exit code."""
-    if o.list_only:
-        units, declined = list_units(o.input_path, o.prune_residual)
-        records = [
-            UnitRecord(
-                u.name,
-                u.producer.op_type,
-                u.channels,
-                u.channels,
-                "-",
-                0.0,
-                [c.node.name or c.node.output[0] for c in u.consumers],
-                u.notes,
-            )
-            for u in units
-        ]
-        click.echo(format_units(records, declined))
-        return EXIT_OK
-    if o.output_path is None:
-        raise UsageError("missing OUT (or pass --list to only inspect IN)")
-    if o.ratio is not None and any(
-        v is not None for v in (o.target_macs, o.target_params, o.target_latency)
-    ):
-        raise UsageError(
-            "give --ratio or a --target-macs/--target-params/--target-latency budget, not both"
+def _list(o: SimpleNamespace) -> int:
+    """``--list``: the units found and declined, with reasons."""
+    units, declined = list_units(o.input_path, o.prune_residual)
+    records = [
+        UnitRecord(
+            u.name,
+            u.producer.op_type,
+            u.channels,
+            u.channels,
+            "-",
+            0.0,
+            [c.node.name or c.node.output[0] for c in u.consumers],
+            u.notes,
         )
-    if o.synthetic_calibration is False and o.calibration_path is not None:
-        raise UsageError("give --calibration-data or --closed-form, not both")
-    if o.report_path is not None:
-        check_writable(o.input_path, o.report_path, "--report")
-        if o.report_path.resolve() == o.output_path.resolve():
-            raise UsageError(f"--report {o.report_path} is OUT; choose another path")
-    config = PruneConfig(
+        for u in units
+    ]
+    click.echo(format_units(records, declined))
+    return EXIT_OK
+
+
+def _options(o: SimpleNamespace) -> PruneConfig:
+    """The options' record, from the flags (files read, texts parsed; checked later, by the
+    library)."""
+    return PruneConfig(
         ratio=0.3 if o.ratio is None else o.ratio,
         target_macs=o.target_macs,
         target_params=o.target_params,
@@ -364,6 +396,36 @@ def _run(o: SimpleNamespace) -> int:
         sequential=o.sequential,
         prune_residual=o.prune_residual,
     )
+
+
+def _check_typed(o: SimpleNamespace) -> None:
+    """The checks of what was typed that the options' record cannot make
+    (:func:`~lbyl_onnx.config.validate_options` makes all the others): ``--ratio`` typed
+    beside a budget (the record's ``ratio`` always has a value), and ``--closed-form``
+    (from the weights alone, here) beside ``--calibration-data`` (in the library,
+    ``synthetic_calibration=False`` with calibration data only says "not synthetic")."""
+    if o.ratio is not None and any(
+        v is not None for v in (o.target_macs, o.target_params, o.target_latency)
+    ):
+        raise UsageError(
+            "give --ratio or a --target-macs/--target-params/--target-latency budget, not both"
+        )
+    if o.synthetic_calibration is False and o.calibration_path is not None:
+        raise UsageError("give --calibration-data or --closed-form, not both")
+
+
+def _run(o: SimpleNamespace) -> int:
+    """The command's work, with ``o`` holding the parsed options; returns the exit code."""
+    if o.list_only:
+        return _list(o)
+    if o.output_path is None:
+        raise UsageError("missing OUT (or pass --list to only inspect IN)")
+    _check_typed(o)
+    if o.report_path is not None:
+        check_writable(o.input_path, o.report_path, "--report")
+        if o.report_path.resolve() == o.output_path.resolve():
+            raise UsageError(f"--report {o.report_path} is OUT; choose another path")
+    config = _options(o)
     show = sys.stderr.isatty() and not o.quiet
     bars = []
 

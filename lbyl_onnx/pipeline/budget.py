@@ -1,4 +1,4 @@
-"""Kept counts per unit from a budget (``--target-macs``, ``--target-params``).
+"""Kept counts per unit from a budget (``target_macs``, ``target_params``, ``target_latency``).
 
 Builds the exact cost model of the graph (:class:`CostTerm` per Conv/Gemm/MatMul) and each
 unit's damage curve (measured after the activation and scaled by the outputs' response, or
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..config import PruneConfig
+from ..config import PruneConfig, Settings, settled
 from ..errors import UsageError
 from ..graph.rewrite import consumer_column_gram
 from ..graph.shapes import batch_one_dims, infer_shapes, node_macs
@@ -56,93 +56,137 @@ class Measured:
 def budget_counts(
     model: onnx.ModelProto,
     units: list[Unit],
-    config: PruneConfig,
+    settings: Settings | PruneConfig,
     before: ModelSummary,
     solve: Callable[[Unit, np.ndarray], Solution],
     measure: Callable[[], Measured | None] = lambda: None,
     timed: Callable[[], LatencyCosts] | None = None,
 ) -> tuple[dict[str, int], str]:
-    """Kept counts that meet ``--target-macs``/``--target-params``/``--target-latency`` with
-    the least damage.
+    """Kept counts that meet :attr:`Settings.budget` (and :attr:`Settings.latency_limit`)
+    with the least damage, and what they reach, for the report; options (rather than
+    settings) are resolved by :func:`~lbyl_onnx.config.settled`.
 
     Costs: every Conv/Gemm/MatMul's MACs (or weights) scale with the kept fraction of its
     input channels (when it consumes a unit) and of its output channels (when it produces
     one); for latency, each kernel's variable time does (``timed()``:
-    :func:`~lbyl_onnx.graph.timing.latency_costs`). Damage (:func:`_damage_curve`): with
+    :func:`~lbyl_onnx.runtime.timing.latency_costs`). Damage (:func:`_damage_curve`): with
     activation statistics, ``-log(1 - d)`` for the share ``d`` of the consumers' output
     signal lost; without, the method's residual as a fraction of the layer's filter energy.
     ``measure()`` gives the statistics, called only once the budget is known to be
-    reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. ``--target-latency``
-    given with ``--target-macs`` or ``--target-params`` is a limit the widths at that budget
-    meet as well (:func:`~lbyl_onnx.methods.allocation.allocate_within`). Raises
-    :class:`UsageError` when even the smallest allowed counts miss the budget or the limit
-    (the model would be destroyed, not made to fit), or when no widths at the budget meet
-    the limit.
+    reachable. Solved at up to ``DAMAGE_POINTS`` kept counts per unit. A latency limit
+    beside a MAC or parameter budget is met by the widths at that budget as well
+    (:func:`~lbyl_onnx.methods.allocation.allocate_within`). Raises :class:`UsageError` when
+    even the smallest allowed counts miss the budget or the limit (the model would be
+    destroyed, not made to fit), or when no widths at the budget meet the limit.
     """
-    flag, kind, fraction = config.budget
-    costs = timed() if kind == "latency" or config.latency_limit is not None else None
-    if kind == "latency":
-        terms, total = costs.terms, costs.total
-        # a unit's channels save time wherever a kernel reads or writes them
-        counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
-    else:
-        terms = cost_terms(model, units, kind, config)
-        total = float(before.macs if kind == "MACs" else before.parameters)
-        counted = {t.output_unit for t in terms}  # a unit whose own cost is unknown stays whole
-    frozen = [i not in counted for i in range(len(units))]
+    settings = settled(settings)
+    target = settings.budget
+    latency = timed() if target.kind == "latency" or settings.latency_limit is not None else None
+    budget, frozen = _budget_cost(model, units, settings, before, latency)
     channels = [u.channels for u in units]
     smallest = [
-        n if f else candidate_counts(n, config.round_to, config.min_keep)[-1]
+        n if f else candidate_counts(n, settings.round_to, settings.min_keep)[-1]
         for n, f in zip(channels, frozen, strict=True)
     ]
-    budget = _Cost(terms, total)
-    budget.reachable(fraction, smallest, channels, flag, kind, config)
+    budget.reachable(target.fraction, smallest, channels, target.flag, target.kind, settings)
     limit = None
-    if config.latency_limit is not None:
-        limit = _Cost(costs.terms, costs.total)
+    if settings.latency_limit is not None:
+        limit = _Cost(latency.terms, latency.total)
         limit.reachable(
-            config.latency_limit, smallest, channels, "--target-latency", "latency", config
+            settings.latency_limit, smallest, channels, "--target-latency", "latency", settings
         )
     measured = measure()
-    damage = [_damage_curve(u, config, solve, measured) for u in units]
-    common = (config.round_to, config.min_keep, frozen)
-    if limit is None:
-        kept = allocate(channels, damage, terms, budget.absolute(fraction), *common)
-    else:
-        within = Limit(limit.terms, limit.absolute(config.latency_limit))
-        kept = allocate_within(channels, damage, terms, budget.absolute(fraction), within, *common)
-        if (fastest := limit.share(kept, channels)) > config.latency_limit + 1e-9:
-            raise UsageError(
-                f"--target-latency {config.latency_limit:g} cannot be met with {flag} "
-                f"{fraction:g}: at that budget, the widths that save the most time keep an "
-                f"estimated {fastest:.1%} of the latency"
-            )
-    estimated = "estimated " if kind == "latency" else ""
-    reached = budget.share(kept, channels)
-    text = f"{kind} {estimated}{reached:.1%} of the original (target {fraction:.1%})"
-    if limit is not None:
-        text += (
-            f", latency estimated {limit.share(kept, channels):.1%} "
-            f"(target {config.latency_limit:.1%})"
-        )
-    if costs is not None:
-        text += (
-            f"; latency {costs.total / 1000:.3g} ms at {costs.inputs} (onnxruntime, one thread, "
-            f"this machine), {costs.resolved} of its {costs.kernels} kernels matched to units"
-        )
+    damage = [_damage_curve(u, settings, solve, measured) for u in units]
+    kept = _allocated(channels, damage, budget, limit, frozen, settings)
+    text = _reached(kept, channels, budget, limit, latency, settings)
     skipped = [
         u.name
         for u, f in zip(units, frozen, strict=True)
-        if f and len(candidate_counts(u.channels, config.round_to, config.min_keep)) > 1
+        if f and len(candidate_counts(u.channels, settings.round_to, settings.min_keep)) > 1
     ]
     if skipped:
         why = (
             "no time measured to fall with their channels"
-            if kind == "latency"
-            else f"{kind} unknown (pass --input-shape)"
+            if target.kind == "latency"
+            else f"{target.kind} unknown (pass --input-shape)"
         )
         text += f"; kept whole, {why}: {', '.join(skipped)}"
     return {u.name: m for u, m in zip(units, kept, strict=True)}, text
+
+
+def _budget_cost(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    settings: Settings,
+    before: ModelSummary,
+    latency: LatencyCosts | None,
+) -> tuple[_Cost, list[bool]]:
+    """The cost model of the budget's kind, and which units it leaves whole (no cost of
+    theirs falls with their channels)."""
+    kind = settings.budget.kind
+    if kind == "latency":
+        terms, total = latency.terms, latency.total
+        # a unit's channels save time wherever a kernel reads or writes them
+        counted = {u for t in terms if t.base > 0 for u in (t.input_unit, t.output_unit)}
+    else:
+        terms = cost_terms(model, units, kind, settings)
+        total = float(before.macs if kind == "MACs" else before.parameters)
+        counted = {t.output_unit for t in terms}  # a unit whose own cost is unknown stays whole
+    return _Cost(terms, total), [i not in counted for i in range(len(units))]
+
+
+def _allocated(
+    channels: list[int],
+    damage: list[Callable[[int], float]],
+    budget: _Cost,
+    limit: _Cost | None,
+    frozen: list[bool],
+    settings: Settings,
+) -> list[int]:
+    """The kept counts of least damage within the budget (and the latency limit); a
+    :class:`UsageError` where no widths at the budget meet the limit."""
+    target, limit_at = settings.budget, settings.latency_limit
+    common = (settings.round_to, settings.min_keep, frozen)
+    if limit is None:
+        return allocate(channels, damage, budget.terms, budget.absolute(target.fraction), *common)
+    within = Limit(limit.terms, limit.absolute(limit_at))
+    kept = allocate_within(
+        channels, damage, budget.terms, budget.absolute(target.fraction), within, *common
+    )
+    if (fastest := limit.share(kept, channels)) > limit_at + 1e-9:
+        raise UsageError(
+            f"--target-latency {limit_at:g} cannot be met with {target.flag} "
+            f"{target.fraction:g}: at that budget, the widths that save the most time keep an "
+            f"estimated {fastest:.1%} of the latency"
+        )
+    return kept
+
+
+def _reached(
+    kept: list[int],
+    channels: list[int],
+    budget: _Cost,
+    limit: _Cost | None,
+    latency: LatencyCosts | None,
+    settings: Settings,
+) -> str:
+    """What the widths reach, for the report, and what the latency was measured at."""
+    target = settings.budget
+    estimated = "estimated " if target.kind == "latency" else ""
+    reached = budget.share(kept, channels)
+    text = f"{target.kind} {estimated}{reached:.1%} of the original (target {target.fraction:.1%})"
+    if limit is not None:
+        text += (
+            f", latency estimated {limit.share(kept, channels):.1%} "
+            f"(target {settings.latency_limit:.1%})"
+        )
+    if latency is not None:
+        text += (
+            f"; latency {latency.total / 1000:.3g} ms at {latency.inputs} (onnxruntime, one "
+            f"thread, this machine), {latency.resolved} of its {latency.kernels} kernels "
+            "matched to units"
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -175,15 +219,15 @@ class _Cost:
         channels: list[int],
         flag: str,
         kind: str,
-        config: PruneConfig,
+        settings: Settings,
     ) -> None:
         """Raise :class:`UsageError` where even the smallest widths keep more than
         ``fraction`` (the model would be destroyed, not made to fit)."""
         lowest = self.share(smallest, channels)
         if fraction >= lowest - 1e-9:
             return
-        limits = [f"--round-to {config.round_to}"] if config.round_to > 1 else []
-        limits += [f"--min-keep {config.min_keep:g}"] if config.min_keep > 0 else []
+        limits = [f"--round-to {settings.round_to}"] if settings.round_to > 1 else []
+        limits += [f"--min-keep {settings.min_keep:g}"] if settings.min_keep > 0 else []
         raise UsageError(
             f"{flag} {fraction:g} cannot be reached: with every prunable unit at its smallest "
             f"allowed width ({', '.join(limits) or 'one channel'}) the model keeps "
@@ -193,12 +237,12 @@ class _Cost:
 
 
 def cost_terms(
-    model: onnx.ModelProto, units: list[Unit], kind: str, config: PruneConfig
+    model: onnx.ModelProto, units: list[Unit], kind: str, settings: Settings | PruneConfig
 ) -> list[CostTerm]:
-    """One :class:`CostTerm` per node with MACs (``kind`` "MACs", at ``--input-shape`` with
-    batch 1, as the report counts them) or weights (Conv/Gemm/MatMul), placed between the
-    units it reads and writes."""
-    shapes = infer_shapes(model, batch_one_dims(model, config.input_shapes))
+    """One :class:`CostTerm` per node with MACs (``kind`` "MACs", at the settings'
+    ``input_shapes`` with batch 1, as the report counts them) or weights (Conv/Gemm/MatMul),
+    placed between the units it reads and writes."""
+    shapes = infer_shapes(model, batch_one_dims(model, settled(settings).input_shapes))
     producer_of, consumer_of = units_by_tensor(units)
     values = {t.name: t.dims for t in model.graph.initializer}
     terms = []
@@ -217,7 +261,7 @@ def cost_terms(
 
 def _damage_curve(
     unit: Unit,
-    config: PruneConfig,
+    settings: Settings,
     solve: Callable[[Unit, np.ndarray], Solution],
     measured: Measured | None,
 ) -> Callable[[int], float]:
@@ -231,7 +275,7 @@ def _damage_curve(
     to the outputs' relative error measured with the unit compensated alone at the
     reference counts (:data:`REFERENCE_KEEPS`; :class:`OutputSensitivity`). Without
     measurements: the filter-space residual (:func:`layer_damage`)."""
-    grid = candidate_counts(unit.channels, config.round_to, config.min_keep)
+    grid = candidate_counts(unit.channels, settings.round_to, settings.min_keep)
     picks = set(np.linspace(0, len(grid) - 1, min(DAMAGE_POINTS, len(grid))).round().astype(int))
     references = {
         min(range(len(grid)), key=lambda i, k=keep: abs(grid[i] - k * unit.channels))
@@ -245,10 +289,10 @@ def _damage_curve(
     points, gains = {}, {}
     for i in sorted(picks):
         m = grid[i]
-        kept = keep_best(unit.arrays.weight, m, config.weight_criterion)
+        kept = keep_best(unit.arrays.weight, m, settings.weight_criterion)
         solution = solve(unit, kept)
         if stats is None:
-            lam1, lam2 = regularisers(unit.arrays, kept, config.options)
+            lam1, lam2 = regularisers(unit.arrays, kept, settings.options)
             points[m] = layer_damage(unit.arrays, kept, solution.scaling, lam1, lam2)
             continue
         lost = activation_damage(

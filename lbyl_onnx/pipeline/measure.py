@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from ..config import PruneConfig
+from ..config import PruneConfig, Settings, settled
 from ..graph.shapes import real_inputs
 from ..graph.units import Unit
 from ..inputs.normalisation import normalisations
@@ -28,8 +28,7 @@ SYNTHETIC_CALIBRATION_SAMPLES = (16, 256)
 
 SYNTHETIC_CALIBRATION_BYTES = 512 << 20
 """What the synthetic calibration inputs may take together: as many as fit, within
-:data:`SYNTHETIC_CALIBRATION_SAMPLES` (PP-OCRv4 at 640 x 640: 109; at 0.3 its output error
-was 0.227 on 16 inputs, 0.193 on 48 and 0.152 on 96)."""
+:data:`SYNTHETIC_CALIBRATION_SAMPLES` (measured: docs/benchmarks.md, "--synthetic-calibration")."""
 
 
 def synthetic_calibration_count(
@@ -44,18 +43,23 @@ def synthetic_calibration_count(
 
 
 def make_synthetic(
-    model: onnx.ModelProto, config: PruneConfig, n: int
+    model: onnx.ModelProto,
+    n: int,
+    seed: int,
+    input_shapes: dict[str, list[int]] | None,
+    input_range: str | None,
 ) -> tuple[dict[str, np.ndarray], str]:
-    """``n`` synthetic inputs of the model's dtypes (:mod:`lbyl_onnx.synthetic`), images
-    scaled by ``--input-range`` when given, else by the normalisation estimated from the
-    model (:func:`normalisations`); and how they were scaled, for the report. Raises
-    ``ValueError`` for an input that synthetic data cannot stand for (not floating point)."""
-    norms = normalisations(model, config.input_shapes, config.input_range)
+    """``n`` synthetic inputs of the model's dtypes (:mod:`lbyl_onnx.inputs.synthetic`), at
+    ``input_shapes``, images scaled by ``input_range`` when given, else by the normalisation
+    estimated from the model (:func:`normalisations`); and how they were scaled, for the
+    report. Raises ``ValueError`` for an input that synthetic data cannot stand for (not
+    floating point)."""
+    norms = normalisations(model, input_shapes, input_range)
     made = synthetic_inputs(
         model,
         n,
-        config.seed,
-        config.input_shapes,
+        seed,
+        input_shapes,
         {name: (norm.scale, norm.shift) for name, norm in norms.items()},
     )
     scaling = "; ".join(
@@ -70,18 +74,19 @@ def make_synthetic(
 class Measurement:
     """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
     auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
-    (:mod:`lbyl_onnx.synthetic`): the calibration inputs, synthetic or real, where the
+    (:mod:`lbyl_onnx.inputs.synthetic`): the calibration inputs, synthetic or real, where the
     compensation is calibrated; else they choose widths and methods only. Built on first
-    use."""
+    use. Options (rather than settings) are resolved by :func:`~lbyl_onnx.config.settled`."""
 
     def __init__(
         self,
         model: onnx.ModelProto,
         units: list[Unit],
-        config: PruneConfig,
+        settings: Settings | PruneConfig,
         calibration: dict[str, np.ndarray] | None,
     ):
-        self.model, self.units, self.config, self.calibration = model, units, config, calibration
+        self.model, self.units, self.calibration = model, units, calibration
+        self.settings = settled(settings)
         self._inputs: dict[str, np.ndarray] | None = None
         self._sensitivity: OutputSensitivity | None = None
         self.scaling = ""
@@ -104,7 +109,7 @@ class Measurement:
     @property
     def calibration_kind(self) -> str:
         """What the calibration data is, for the report."""
-        return "synthetic calibration" if self.config.synthetic_calibration else "calibration"
+        return "synthetic calibration" if self.settings.synthetic_calibration else "calibration"
 
     @property
     def sensitivity_source(self) -> str:
@@ -120,7 +125,10 @@ class Measurement:
 
     def _synthetic(self) -> dict[str, np.ndarray] | None:
         try:
-            made, self.scaling = make_synthetic(self.model, self.config, SYNTHETIC_SAMPLES)
+            s = self.settings
+            made, self.scaling = make_synthetic(
+                self.model, SYNTHETIC_SAMPLES, s.seed, s.input_shapes, s.input_range
+            )
         except ValueError as error:  # an input that is not floating point
             self.failure = str(error)
             return None

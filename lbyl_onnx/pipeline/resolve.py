@@ -1,89 +1,72 @@
-"""Decisions taken against the model before anything is solved: the user's inputs checked,
-synthetic calibration decided (and its inputs made), the channel criterion decided."""
+"""The facts of the model that the options are resolved against (:func:`lbyl_onnx.config.
+resolve`), gathered before anything is solved: the user's inputs checked against the model,
+and synthetic calibration inputs made and run where they may be wanted."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import onnx
 
-from ..config import RECONSTRUCTION_NEEDS, PruneConfig
+from ..config import ModelFacts, PruneConfig, tries_synthetic
 from ..errors import UsageError, first_line
 from ..graph.io import is_large
 from ..graph.shapes import real_inputs
-from ..graph.units import Unit
+from ..graph.units import Declined, Unit
 from ..inputs.user import input_problems
 from ..runtime import sessions
 from ..runtime.sessions import batch_slices
 from .measure import make_synthetic, synthetic_calibration_count
 
 
-def checked_inputs(model: onnx.ModelProto, config: PruneConfig) -> dict[str, np.ndarray] | None:
+def checked_inputs(model: onnx.ModelProto, options: PruneConfig) -> dict[str, np.ndarray] | None:
     """Raise :class:`UsageError` for user inputs that do not fit the model; return the
     calibration arrays of the model's inputs (others in the file are ignored)."""
-    problems = input_problems(model, config.input_data, config.input_shapes)
+    problems = input_problems(model, options.input_data, options.input_shapes)
     calibration = None
-    if config.calibration_data:
+    if options.calibration_data:
         names = [i.name for i in real_inputs(model)]
-        missing = [n for n in names if n not in config.calibration_data]
+        missing = [n for n in names if n not in options.calibration_data]
         if missing:
             raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
-        calibration = {n: config.calibration_data[n] for n in names}
+        calibration = {n: options.calibration_data[n] for n in names}
         problems += input_problems(model, calibration, None, "--calibration-data", True)
     if problems:
         raise UsageError(problems[0])
     return calibration
 
 
-def resolved_synthetic(
+def model_facts(
     model: onnx.ModelProto,
-    config: PruneConfig,
+    options: PruneConfig,
     calibration: dict[str, np.ndarray] | None,
     units: list[Unit],
-) -> tuple[PruneConfig, dict[str, np.ndarray] | None, str, list[str]]:
-    """``config`` with ``synthetic_calibration`` decided; the synthetic inputs (or None), how
-    they were scaled, and the warning of a default that fell back to the closed form. Nothing
-    is synthesised for a model without ``units`` to prune.
+    declined: list[Declined],
+) -> tuple[ModelFacts, dict[str, np.ndarray] | None, str]:
+    """What :func:`~lbyl_onnx.config.resolve` needs to know of the model, and the synthetic
+    calibration inputs (with how they were scaled) where they were made and the model runs
+    on them, else None and "".
 
-    Asked for, inputs the model cannot be calibrated on are a :class:`UsageError`; by default
-    (LBYL without calibration data) they make it the closed form, with a warning: an input
-    that is not floating point, or a model that does not run on its synthetic inputs in
-    onnxruntime (custom ops, shapes the guessed dimensions do not fit), or one over 2 GB
-    (each layer's calibration runs a copy of the model)."""
-    wanted = config.synthetic_calibration
-    if wanted is None:
-        wanted = config.method == "lbyl" and calibration is None
-    if not wanted or not units:
-        return replace(config, synthetic_calibration=False), None, "", []
-    closed = replace(config, synthetic_calibration=False, sequential=None)
-    if config.synthetic_calibration is None and is_large(model):
-        reason = "the model is over 2 GB, and calibration copies it per layer"
-        return closed, None, "", [f"closed-form LBYL, not synthetic calibration: {reason}"]
+    Synthetic inputs are made where :func:`~lbyl_onnx.config.tries_synthetic` says (never
+    without ``units`` to prune); they cannot stand for an input that is not floating point,
+    and the model must run on them in onnxruntime (no unknown custom op, dimensions the
+    guessed sizes fit)."""
+    known = dict(
+        calibration_data=calibration is not None,
+        units=bool(units),
+        candidates=tuple(u.name for u in units) + tuple(d.name for d in declined),
+        large=bool(units) and calibration is None and is_large(model),
+    )
+    if not tries_synthetic(options, ModelFacts(**known)):
+        return ModelFacts(**known), None, ""
     try:
-        count = synthetic_calibration_count(model, config.input_shapes)
-        inputs, scaling = make_synthetic(model, config, count)
+        count = synthetic_calibration_count(model, options.input_shapes)
+        inputs, scaling = make_synthetic(
+            model, count, options.seed, options.input_shapes, options.input_range
+        )
         run_first(model, inputs)
     except (ValueError, UsageError) as error:
-        if config.synthetic_calibration:
-            raise UsageError(f"--synthetic-calibration: {error}") from error
-        return closed, None, "", [f"closed-form LBYL, not synthetic calibration: {error}"]
-    return replace(config, synthetic_calibration=True), inputs, scaling, []
-
-
-def resolved_criterion(config: PruneConfig, real_calibration: bool) -> PruneConfig:
-    """``config`` with ``criterion`` decided (after ``synthetic_calibration``): by default
-    ``reconstruction`` where LBYL is calibrated sequentially on real data, ``l2`` elsewhere.
-    Measured (docs/benchmarks.md, "Choosing channels from the activations"): on real data it
-    won 28 of 45 cells against l2 and lost 6; on synthetic inputs it lost on digits_vgg_fused
-    and PP-OCRv4 at 0.3. Asked for where the default fell back to the closed form: a
-    :class:`UsageError`."""
-    if config.criterion == "reconstruction" and not config.solves_sequentially:
-        raise UsageError(f"{RECONSTRUCTION_NEEDS}; here the compensation is the closed form")
-    if config.criterion is not None:
-        return config
-    chooses = config.solves_sequentially and real_calibration and not config.synthetic_calibration
-    return replace(config, criterion="reconstruction" if chooses else "l2")
+        return ModelFacts(**known, synthetic=str(error)), None, ""
+    return ModelFacts(**known, synthetic=""), inputs, scaling
 
 
 def run_first(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:

@@ -1,17 +1,25 @@
-"""The pipeline, top to bottom: load -> find units -> choose kept channels -> solve S ->
-rewrite -> ONNX checker -> validate in onnxruntime -> report (-> save, for files)."""
+"""The pipeline, top to bottom: validate the options -> load -> check the inputs -> find
+units -> resolve the settings -> record statistics -> widths -> solve -> rewrite -> ONNX
+checker -> validate in onnxruntime -> report (-> save, for files: :mod:`lbyl_onnx.api`)."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from ..config import PruneConfig, matches
+from ..config import (
+    CROSS_VALIDATED,
+    PruneConfig,
+    Settings,
+    matches,
+    resolve,
+    validate_options,
+)
 from ..errors import RewriteError, UsageError, ValidationFailed
 from ..graph.io import check_model, load_model, serialized_size
 from ..graph.rewrite import Plan, apply_plans
@@ -36,16 +44,13 @@ from ..runtime.validate import Validation, validate
 from ..version import __version__
 from .budget import Measured, budget_counts
 from .measure import Measurement
-from .resolve import checked_inputs, resolved_criterion, resolved_synthetic
+from .resolve import checked_inputs, model_facts
 from .sequential import SequentialCalibration
-from .solve import (
-    CURVES_BY_LBYL,
-    JudgeSamples,
-    choose_method,
-    sequential_ridge,
-    solve_unit,
-    unit_notes,
-)
+from .solve import JudgeSamples, choose_method, curves_method, solve_unit, unit_notes
+
+CalibrationInputs = dict[str, np.ndarray] | None
+"""Calibration inputs by input name (the user's, or synthetic ones), or None: the closed
+form."""
 
 
 def summarize(
@@ -72,188 +77,158 @@ def prune(
 
     ``model`` is a ``ModelProto`` (left unchanged) or a path. Options are the fields of
     :class:`PruneConfig`, given as a config or as keywords (``ratio=0.3, method="lbyl"``).
-    Returns the new model and the report; raises :class:`ValidationFailed` (with the report)
-    when validation fails.
+    Returns the new model and the report; raises :class:`~lbyl_onnx.config.OptionError` for
+    options outside their domain, and :class:`ValidationFailed` (with the report) when
+    validation fails.
     """
-    config = (config or PruneConfig(**options)).validated()
-    owned = not isinstance(model, onnx.ModelProto)
-    original = load_model(model) if owned else model
-    calibration = checked_inputs(original, config)
-    if owned:  # loaded here: edited in place, so the weights are never held twice
-        work, reference = original, os.fspath(model)  # validation reruns the file
-        original = without_large_weights(work)  # the structure, for the summary
-        weights = (count_parameters(work), serialized_size(work))
-    else:
-        work, reference, weights = onnx.ModelProto(), original, None
-        work.CopyFrom(original)
-    recorded_shapes = {v.name for v in work.graph.value_info}
+    return prune_validated(model, validate_options(config or PruneConfig(**options)), progress)
 
-    units, declined = find_units(work, infer_shapes(work), config.prune_residual)
-    warnings = _unmatched_patterns(config, units, declined)
-    excluded = [u for u in units if any(matches(u.name, p) for p in config.exclude)]
-    declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
-    units = [u for u in units if u not in excluded]
-    config, synthetic, scaling, fallback = resolved_synthetic(work, config, calibration, units)
-    config = resolved_criterion(config, real_calibration=calibration is not None)
-    calibration = calibration or synthetic
-    warnings[:0] = fallback
-    budgeted = config.budget is not None
-    synthesised = config.synthetic_calibration or (
-        not calibration and (budgeted or config.method == "auto")
-    )
-    if config.input_range and not synthesised:
-        warnings.append(
-            "--input-range has no effect: it scales synthetic inputs, which are used without "
-            "--calibration-data to calibrate LBYL (unless --closed-form), by "
-            "--synthetic-calibration, and by --target-macs, --target-params and --method auto"
-        )
-    statistics = (  # sequential calibration records its own, unit by unit; budgets need these
-        record_statistics(work, units, calibration)
-        if calibration and units and (budgeted or not config.solves_sequentially)
-        else None
-    )
-    measurement = Measurement(work, units, config, calibration)
-    budget = None
-    if budgeted:
-        counts, budget = _budget_counts(work, units, config, statistics, measurement)
-    else:
-        counts = {u.name: _ratio_count(u, config) for u in units}
 
-    sequential = (
-        SequentialCalibration(
-            work,
-            [u for u in units if counts[u.name] < u.channels],
-            calibration,
-            config.prune_residual,
-            sequential_ridge(config),
-        )
-        if config.solves_sequentially
-        else None
-    )
-    plans: list[Plan] = []
-    records: list[UnitRecord] = []
-    for done, unit in enumerate(units):
-        if progress:
-            progress(done, len(units))
-        count = counts[unit.name]
-        kept = None  # chosen by the sequential solve from the activations
-        if config.criterion != "reconstruction":
-            kept = keep_best(unit.arrays.weight, count, config.criterion)
-        recorded = statistics.get(unit.name) if statistics else None
-        if config.method == "auto":
-            method, solution = choose_method(unit, kept, config, recorded, measurement)
-        elif sequential is not None:
-            method = config.method
-            kept, solution = sequential.solve(unit, count, plans, kept)
-        else:
-            method, solution = config.method, solve_unit(unit, kept, config, recorded)
-        plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
-        records.append(
-            UnitRecord(
-                name=unit.name,
-                op_type=unit.producer.op_type,
-                channels_before=unit.channels,
-                channels_after=len(kept),
-                method=method,
-                residual=round(solution.residual, 6),
-                consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
-                notes=[*unit_notes(unit, calibration is not None), *solution.notes],
-            )
-        )
-    if progress:
-        progress(len(units), len(units))
-
-    apply_plans(work, plans)
-    found_units = bool(units)
-    depthwise = sum(
-        bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
-    )
-    mode = _mode(config, calibration, scaling, measurement)
-    del plans, units, statistics, measurement, sequential  # the weights as arrays: free them
-    _restore_recorded_shapes(work, recorded_shapes)
-    try:
-        check_model(work, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise RewriteError(f"the rewritten model fails the ONNX checker: {first}") from error
-
-    validation: Validation | None = None
-    if config.check:
-        validation = validate(
-            reference, work, config.check_n, config.seed, config.input_shapes, config.input_data
-        )
-    if not found_units:
-        warnings.append("no prunable unit found: the model is unchanged")
-    if depthwise and (not calibration or config.synthetic_calibration):
-        without = "real calibration data" if calibration else "calibration data"
-        warnings.append(
-            f"{depthwise} depthwise group(s) pruned without {without}: data-free "
-            "compensation there is weak (docs/benchmarks.md); validate with --input-data, and "
-            "prefer --calibration-data or a small --ratio"
-        )
-    if depthwise and config.round_to == 1:
-        warnings.append(
-            "depthwise convs whose channel counts are not multiples of 8 can run slower than "
-            "the original (EfficientNet-Lite0 at 0.3 in onnxruntime: 8.0 -> 12.8 ms; with "
-            "--round-to 8: 4.9 ms)"
-        )
-    measured_shapes = config.input_shapes or (validation.input_shapes if validation else None)
-    report = Report(
-        tool_version=__version__,
-        method=config.method,
-        mode=mode,
-        criterion=config.criterion,
-        ratio=config.ratio,
-        units=records,
-        declined=declined,
-        before=_before(original, weights, measured_shapes),
-        after=summarize(work, measured_shapes),
-        validation=validation,
-        warnings=warnings,
-        budget=budget,
-    )
+def prune_validated(
+    model: onnx.ModelProto | str | os.PathLike,
+    options: PruneConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[onnx.ModelProto, Report]:
+    """:func:`prune` with ``options`` already checked by
+    :func:`~lbyl_onnx.config.validate_options` (the one check per run)."""
+    source, calibration = _load(model, options)
+    edit = _edit(source.work, options, calibration, progress)
+    _check_rewrite(source.work, source.recorded_shapes)
+    validation = _validate(source, edit.settings)
+    report = _report(source, edit, validation)
     if validation is not None and validation.status == "failed":
         raise ValidationFailed(f"validation failed: {validation.message}", report)
-    return work, report
+    return source.work, report
 
 
-def _before(
-    original: onnx.ModelProto,
-    weights: tuple[int, int] | None,
-    input_shapes: dict[str, list[int]] | None,
-) -> ModelSummary:
-    """The original's summary; ``weights`` (parameters, bytes) were counted before an
-    in-place rewrite, ``original`` is then its structure without the large weights."""
-    summary = summarize(original, input_shapes)
-    if weights is None:
-        return summary
-    return replace(summary, parameters=weights[0], size_bytes=weights[1])
+@dataclass
+class _Source:
+    """The model a run prunes: ``work`` is edited in place (the loaded file, or a copy of the
+    caller's model); ``reference`` is what validation compares with (the file, rerun, or the
+    caller's model); ``original`` gives the summary before (for a loaded file, its structure
+    without the large weights, whose ``weights`` (parameters, bytes) were counted first)."""
+
+    work: onnx.ModelProto
+    reference: onnx.ModelProto | str
+    original: onnx.ModelProto
+    weights: tuple[int, int] | None
+    recorded_shapes: set[str]
+    """The shape records the rewrite may clear (:func:`_check_rewrite` restores them)."""
+
+
+def _load(
+    model: onnx.ModelProto | str | os.PathLike, options: PruneConfig
+) -> tuple[_Source, CalibrationInputs]:
+    """The model, its calibration inputs checked against it (before any copy is made)."""
+    if isinstance(model, onnx.ModelProto):
+        calibration = checked_inputs(model, options)
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        source = _Source(work, model, model, None, set())
+    else:  # loaded here: edited in place, so the weights are never held twice
+        work = load_model(model)
+        calibration = checked_inputs(work, options)
+        weights = (count_parameters(work), serialized_size(work))
+        source = _Source(work, os.fspath(model), without_large_weights(work), weights, set())
+    source.recorded_shapes.update(v.name for v in work.graph.value_info)
+    return source, calibration
+
+
+@dataclass
+class _Edit:
+    """What editing the model left for the report (the weights as arrays are freed)."""
+
+    settings: Settings
+    records: list[UnitRecord]
+    declined: list[Declined]
+    budget: str | None
+    mode: str
+    found_units: bool
+    calibrated: bool
+    """Calibrated on data or synthetic inputs."""
+    depthwise: int
+    """Depthwise groups pruned."""
+
+
+def _edit(
+    work: onnx.ModelProto,
+    options: PruneConfig,
+    calibration: CalibrationInputs,
+    progress: Callable[[int, int], None] | None,
+) -> _Edit:
+    """Find the units, resolve the settings, choose widths and solve each unit, and rewrite
+    ``work`` in place. The units' arrays and statistics live only here."""
+    units, declined = _find(work, options)
+    facts, synthetic, scaling = model_facts(work, options, calibration, units, declined)
+    settings = resolve(options, facts)
+    calibration = calibration or synthetic
+    statistics = (  # sequential calibration records its own, unit by unit; budgets need these
+        record_statistics(work, units, calibration)
+        if calibration and units and (settings.budget is not None or not settings.sequential)
+        else None
+    )
+    measurement = Measurement(work, units, settings, calibration)
+    counts, budget = _widths(work, units, settings, statistics, measurement)
+    plans, records = _solve(
+        work, units, counts, settings, calibration, statistics, measurement, progress
+    )
+    apply_plans(work, plans)
+    return _Edit(
+        settings=settings,
+        records=records,
+        declined=declined,
+        budget=budget,
+        mode=_mode(settings, calibration, scaling, measurement),
+        found_units=bool(units),
+        calibrated=bool(calibration),
+        depthwise=sum(
+            bool(u.regroup) and len(p.kept) < u.channels for u, p in zip(units, plans, strict=True)
+        ),
+    )
+
+
+def _find(work: onnx.ModelProto, options: PruneConfig) -> tuple[list[Unit], list[Declined]]:
+    """The units to prune, and the candidates declined (with those ``exclude`` names)."""
+    units, declined = find_units(work, infer_shapes(work), options.prune_residual)
+    excluded = [u for u in units if any(matches(u.name, p) for p in options.exclude)]
+    declined += [Declined(u.name, u.producer.op_type, "excluded by --exclude") for u in excluded]
+    return [u for u in units if u not in excluded], declined
+
+
+def _widths(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    settings: Settings,
+    statistics: dict[str, ActivationStats] | None,
+    measurement: Measurement,
+) -> tuple[dict[str, int], str | None]:
+    """Channels each unit keeps, from the budget (and what it reached, for the report) or
+    from the ratios (and None)."""
+    if settings.budget is None:
+        return {u.name: _ratio_count(u, settings) for u in units}, None
+    return _budget_counts(model, units, settings, statistics, measurement)
 
 
 def _budget_counts(
     model: onnx.ModelProto,
     units: list[Unit],
-    config: PruneConfig,
+    settings: Settings,
     statistics: dict[str, ActivationStats] | None,
     measurement: Measurement,
 ) -> tuple[dict[str, int], str]:
-    """:func:`budget_counts` with this pipeline's solver, its damage measured on the
-    measurement's inputs. The curves of ``--method auto`` and ``lbyl-nn`` are LBYL's: the
-    curves solve each unit at up to 18 widths, which costs ``auto`` three methods each time
-    and ``lbyl-nn`` a quadratic programme per removed channel (EfficientNet-Lite0: minutes).
+    """:func:`budget_counts` with this pipeline's solver (:func:`curves_method`'s), its damage
+    measured on the measurement's inputs.
 
-    On synthetic inputs the curves are the closed form's, measured on them; the
-    compensation is still the calibrated one. Solved and measured on the same synthetic
-    statistics, a calibrated compensation looks cheap where synthetic features are easy to
-    rebuild and real ones are not: EfficientNet-Lite0 at ``--target-macs 0.9`` cut its
-    head conv from 1,280 channels to 342 and kept 0.117 top-1 agreement (the uniform ratio:
-    0.406); with the closed form's curves, 0.766 (docs/benchmarks.md, Budgets)."""
+    On synthetic inputs the curves are the closed form's, measured on them; the compensation
+    is still the calibrated one. Solved and measured on the same synthetic statistics, a
+    calibrated compensation looks cheap where synthetic features are easy to rebuild and
+    real ones are not, and the widths follow that illusion (docs/benchmarks.md, Budgets)."""
     judge_samples = JudgeSamples()
-    solver = replace(config, method="lbyl") if config.method in CURVES_BY_LBYL else config
-    fitted = statistics if statistics and not config.synthetic_calibration else {}
+    method = curves_method(settings)
+    fitted = statistics if statistics and not settings.synthetic_calibration else {}
 
     def solve(unit: Unit, kept: np.ndarray) -> Solution:
-        return solve_unit(unit, kept, solver, fitted.get(unit.name), judge_samples)
+        return solve_unit(unit, kept, settings, fitted.get(unit.name), judge_samples, method)
 
     def measure() -> Measured | None:
         if not units or (inputs := measurement.inputs()) is None:
@@ -262,68 +237,124 @@ def _budget_counts(
         return Measured(recorded, measurement.sensitivity())
 
     def timed() -> LatencyCosts:
-        if unfixed := unfixed_inputs(model, config.input_shapes):
+        if unfixed := unfixed_inputs(model, settings.input_shapes):
             raise UsageError(
                 f"--target-latency needs --input-shape for input '{unfixed[0]}': its size "
                 "(other than the batch) is not fixed, and the time depends on it"
             )
-        feeds = sessions.random_inputs(model, 1, config.seed, config.input_shapes)
-        return latency_costs(model, units, feeds, config.round_to, config.prune_residual)
+        feeds = sessions.random_inputs(model, 1, settings.seed, settings.input_shapes)
+        return latency_costs(model, units, feeds, settings.round_to, settings.prune_residual)
 
-    before = summarize(model, config.input_shapes)
-    counts, text = budget_counts(model, units, config, before, solve, measure, timed)
+    before = summarize(model, settings.input_shapes)
+    counts, text = budget_counts(model, units, settings, before, solve, measure, timed)
     if measurement.failure:
         return counts, f"{text}; damage in filter space ({measurement.failure})"
     return counts, f"{text}; damage measured on {measurement.source}"
 
 
-def _ratio_count(unit: Unit, config: PruneConfig) -> int:
-    """Channels a unit keeps under ``--ratio``/``--ratio-for``, rounded down to a multiple of
-    ``--round-to`` (a unit smaller than that is left whole)."""
-    ratio = next((r for p, r in config.ratio_for if matches(unit.name, p)), config.ratio)
-    m = max(kept_count(unit.channels, ratio), math.ceil(config.min_keep * unit.channels - 1e-9))
-    if config.round_to > 1 and m < unit.channels:
-        m = max(config.round_to, m // config.round_to * config.round_to)
+def _ratio_count(unit: Unit, settings: Settings) -> int:
+    """Channels a unit keeps under ``ratio``/``ratio_for``, rounded down to a multiple of
+    ``round_to`` (a unit smaller than that is left whole)."""
+    ratio = next((r for p, r in settings.ratio_for if matches(unit.name, p)), settings.ratio)
+    m = max(kept_count(unit.channels, ratio), math.ceil(settings.min_keep * unit.channels - 1e-9))
+    if settings.round_to > 1 and m < unit.channels:
+        m = max(settings.round_to, m // settings.round_to * settings.round_to)
     return min(m, unit.channels)
 
 
-def _mode(
-    config: PruneConfig,
-    calibration: dict[str, np.ndarray] | None,
-    scaling: str,
+def _solve(
+    work: onnx.ModelProto,
+    units: list[Unit],
+    counts: dict[str, int],
+    settings: Settings,
+    calibration: CalibrationInputs,
+    statistics: dict[str, ActivationStats] | None,
     measurement: Measurement,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Plan], list[UnitRecord]]:
+    """Each unit's kept channels and compensation, in graph order, with its record."""
+    sequential = None
+    if settings.sequential:
+        ridge = settings.sequential_ridge
+        sequential = SequentialCalibration(
+            work,
+            [u for u in units if counts[u.name] < u.channels],
+            calibration,
+            settings.prune_residual,
+            None if ridge == CROSS_VALIDATED else ridge,
+        )
+    plans: list[Plan] = []
+    records: list[UnitRecord] = []
+    for done, unit in enumerate(units):
+        if progress:
+            progress(done, len(units))
+        count = counts[unit.name]
+        kept = None  # chosen by the sequential solve from the activations
+        if settings.criterion != "reconstruction":
+            kept = keep_best(unit.arrays.weight, count, settings.criterion)
+        recorded = statistics.get(unit.name) if statistics else None
+        if settings.method == "auto":
+            method, solution = choose_method(unit, kept, settings, recorded, measurement)
+        elif sequential is not None:
+            method = settings.method
+            kept, solution = sequential.solve(unit, count, plans, kept)
+        else:
+            method, solution = settings.method, solve_unit(unit, kept, settings, recorded)
+        plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
+        records.append(_record(unit, kept, method, solution, calibration is not None))
+    if progress:
+        progress(len(units), len(units))
+    return plans, records
+
+
+def _record(
+    unit: Unit, kept: np.ndarray, method: str, solution: Solution, calibrated: bool
+) -> UnitRecord:
+    """The report's line of one unit."""
+    return UnitRecord(
+        name=unit.name,
+        op_type=unit.producer.op_type,
+        channels_before=unit.channels,
+        channels_after=len(kept),
+        method=method,
+        residual=round(solution.residual, 6),
+        consumers=[c.node.name or c.node.output[0] for c in unit.consumers],
+        notes=[*unit_notes(unit, calibrated), *solution.notes],
+    )
+
+
+def _mode(
+    settings: Settings, calibration: CalibrationInputs, scaling: str, measurement: Measurement
 ) -> str:
     """The report's mode line: the closed form (from the weights alone), or what the
     compensation was calibrated on (for synthetic inputs, how they were scaled) and how it
     was solved."""
     if not calibration:
-        if config.method == "auto":
+        if settings.method == "auto":
             return f"closed form, methods chosen on {measurement.synthetic}"
         return "closed form"
     count = len(next(iter(calibration.values())))
     samples = f"{count} samples"
-    if config.synthetic_calibration:  # images say how they were scaled; dense inputs are N(0, 1)
+    if settings.synthetic_calibration:  # images say how they were scaled; dense: N(0, 1)
         samples = f"{count} synthetic inputs" + (f" scaled as {scaling}" if scaling else "")
     solved = {"lbyl": "activation-space least squares", "auto": "the best method per unit"}
-    solved = solved.get(config.method, config.method)
-    if config.solves_sequentially:
+    solved = solved.get(settings.method, settings.method)
+    if settings.sequential:
         solved = f"sequential {solved}"
-    elif config.method == "lbyl":
+    elif settings.method == "lbyl":
         solved = f"independent {solved}"
     return f"calibrated on {samples}: {solved} + bias correction"
 
 
-def _unmatched_patterns(
-    config: PruneConfig, units: Sequence[Unit], declined: Sequence[Declined]
-) -> list[str]:
-    names = [u.name for u in units] + [d.name for d in declined]
-    patterns = [("--exclude", p) for p in config.exclude]
-    patterns += [("--ratio-for", p) for p, _ in config.ratio_for]
-    return [
-        f"{flag} {pattern!r} matches no Conv/Gemm/MatMul node"
-        for flag, pattern in patterns
-        if not any(matches(n, pattern) for n in names)
-    ]
+def _check_rewrite(work: onnx.ModelProto, recorded_shapes: set[str]) -> None:
+    """Restore the shape records the rewrite cleared, and run the ONNX checker (a failure is
+    a :class:`RewriteError`: a bug)."""
+    _restore_recorded_shapes(work, recorded_shapes)
+    try:
+        check_model(work, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RewriteError(f"the rewritten model fails the ONNX checker: {first}") from error
 
 
 def _restore_recorded_shapes(model: onnx.ModelProto, recorded: set[str]) -> None:
@@ -341,3 +372,74 @@ def _restore_recorded_shapes(model: onnx.ModelProto, recorded: set[str]) -> None
     for info in inferred.graph.value_info:
         if info.name in missing:
             model.graph.value_info.append(info)
+
+
+def _validate(source: _Source, settings: Settings) -> Validation | None:
+    """The pruned model against the original in onnxruntime (:func:`validate`), unless
+    ``check`` is off."""
+    if not settings.check:
+        return None
+    return validate(
+        source.reference,
+        source.work,
+        settings.check_n,
+        settings.seed,
+        settings.input_shapes,
+        settings.input_data,
+    )
+
+
+def _report(source: _Source, edit: _Edit, validation: Validation | None) -> Report:
+    """The run's report: the settings, each unit, the summaries before and after (at the
+    input shapes given, else those validation ran at), and the warnings."""
+    settings = edit.settings
+    measured_shapes = settings.input_shapes or (validation.input_shapes if validation else None)
+    return Report(
+        tool_version=__version__,
+        method=settings.method,
+        mode=edit.mode,
+        criterion=settings.criterion,
+        ratio=settings.ratio,
+        units=edit.records,
+        declined=edit.declined,
+        before=_before(source.original, source.weights, measured_shapes),
+        after=summarize(source.work, measured_shapes),
+        validation=validation,
+        warnings=[*settings.warnings, *_warnings(edit)],
+        budget=edit.budget,
+    )
+
+
+def _warnings(edit: _Edit) -> list[str]:
+    """What the report warns of the result: nothing pruned, depthwise groups pruned without
+    real data, or to widths that may run slower (docs/benchmarks.md, onnxruntime latency)."""
+    warnings = []
+    if not edit.found_units:
+        warnings.append("no prunable unit found: the model is unchanged")
+    if edit.depthwise and (not edit.calibrated or edit.settings.synthetic_calibration):
+        without = "real calibration data" if edit.calibrated else "calibration data"
+        warnings.append(
+            f"{edit.depthwise} depthwise group(s) pruned without {without}: data-free "
+            "compensation there is weak (docs/benchmarks.md); validate with --input-data, and "
+            "prefer --calibration-data or a small --ratio"
+        )
+    if edit.depthwise and edit.settings.round_to == 1:
+        warnings.append(
+            "depthwise convs whose channel counts are not multiples of 8 can run slower than "
+            "the original in onnxruntime (docs/benchmarks.md, onnxruntime latency); "
+            "--round-to 8 avoids it"
+        )
+    return warnings
+
+
+def _before(
+    original: onnx.ModelProto,
+    weights: tuple[int, int] | None,
+    input_shapes: dict[str, list[int]] | None,
+) -> ModelSummary:
+    """The original's summary; ``weights`` (parameters, bytes) were counted before an
+    in-place rewrite, ``original`` is then its structure without the large weights."""
+    summary = summarize(original, input_shapes)
+    if weights is None:
+        return summary
+    return ModelSummary(weights[0], summary.macs, weights[1], summary.op_counts)

@@ -8,20 +8,15 @@ least.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import PruneConfig
+from ..config import Policy, PruneConfig, Settings, settled
 from ..graph.units import Unit
 from ..methods import METHODS
 from ..methods.base import Solution, offsets_from_means
-from ..methods.calibrated import (
-    CALIBRATION_RIDGE,
-    SEQUENTIAL_RIDGE,
-    ActivationStats,
-    solve_calibrated,
-)
+from ..methods.calibrated import ActivationStats, solve_calibrated
 from ..methods.judge import activation_errors, activation_samples, judged
 from ..methods.moments import activation_means
 from ..methods.prune import solve_prune
@@ -46,29 +41,32 @@ class JudgeSamples:
 def solve_unit(
     unit: Unit,
     kept: np.ndarray,
-    config: PruneConfig,
+    settings: Settings | PruneConfig,
     statistics: ActivationStats | None,
     judge_samples: JudgeSamples | None = None,
+    method: str | None = None,
 ) -> Solution:
-    """The method's solution; with calibration statistics, LBYL becomes the activation-space
-    least squares, and the other methods gain the bias correction.
+    """``method``'s solution (None: the settings' method); with calibration statistics, LBYL
+    becomes the activation-space least squares, and the other methods gain the bias
+    correction. Options (rather than settings) are resolved by
+    :func:`~lbyl_onnx.config.settled`.
 
     Data-free, the bias correction applies where :func:`corrects_bias` says so, and where the
-    judge runs (``config.judge``; it needs BatchNormalization statistics) a compensation it
-    estimates worse than plain removal after the activation is replaced by removal, with a
-    note (:mod:`lbyl_onnx.methods.judge`)."""
+    judge runs (:attr:`Settings.judge`; it needs BatchNormalization statistics) a
+    compensation it estimates worse than plain removal after the activation is replaced by
+    removal, with a note (:mod:`lbyl_onnx.methods.judge`)."""
+    settings = settled(settings)
+    method = method or settings.method
     if statistics is not None:
-        if config.method == "lbyl":
-            ridge = config.calibration_ridge
-            return solve_calibrated(statistics, kept, CALIBRATION_RIDGE if ridge is None else ridge)
-        solution = METHODS[config.method](unit.arrays, kept, config.options)
+        if method == "lbyl":
+            return solve_calibrated(statistics, kept, settings.ridge)
+        solution = METHODS[method](unit.arrays, kept, settings.options)
         solution.offsets = offsets_from_means(statistics.mean, solution.scaling, kept)
         return solution
-    candidates = [METHODS[config.method](unit.arrays, kept, config.options)]
-    judge = bool(unit.regroup) if config.judge is None else config.judge
-    if judge and config.method != "prune" and judged(unit.arrays):
-        candidates.append(solve_prune(unit.arrays, kept, config.options))
-    if corrects_bias(unit, config):
+    candidates = [METHODS[method](unit.arrays, kept, settings.options)]
+    if in_effect(settings.judge, unit) and method != "prune" and judged(unit.arrays):
+        candidates.append(solve_prune(unit.arrays, kept, settings.options))
+    if corrects_bias(unit, settings):
         bn = unit.arrays.bn
         means = activation_means(bn.beta, bn.gamma, unit.activation_model)
         for solution in candidates:
@@ -81,14 +79,22 @@ def solve_unit(
     if ours <= removal:
         return candidates[0]
     candidates[1].notes.append(
-        f"{config.method} estimated worse than removal after the activation "
+        f"{method} estimated worse than removal after the activation "
         f"({ours:.3g} vs {removal:.3g}, from BatchNormalization statistics): removed plainly"
     )
     return candidates[1]
 
 
 CURVES_BY_LBYL = ("auto", "lbyl-nn")
-"""Methods whose budget damage curves are solved with LBYL (:func:`_budget_counts`)."""
+"""Methods whose budget damage curves are solved with LBYL (:func:`curves_method`)."""
+
+
+def curves_method(settings: Settings) -> str:
+    """The method a budget's damage curves are solved with: the curves solve each unit at
+    up to 18 widths, which costs ``auto`` three methods each time and ``lbyl-nn`` a
+    quadratic programme per removed channel, so theirs are LBYL's (docs/benchmarks.md,
+    Budgets)."""
+    return "lbyl" if settings.method in CURVES_BY_LBYL else settings.method
 
 
 AUTO_METHODS = ("prune", "nm", "lbyl")
@@ -98,7 +104,7 @@ AUTO_METHODS = ("prune", "nm", "lbyl")
 def choose_method(
     unit: Unit,
     kept: np.ndarray,
-    config: PruneConfig,
+    settings: Settings,
     statistics: ActivationStats | None,
     measurement: Measurement,
 ) -> tuple[str, Solution]:
@@ -107,12 +113,12 @@ def choose_method(
     inputs); LBYL where nothing can be measured."""
     sensitivity = measurement.sensitivity()
     if sensitivity is None:
-        solution = solve_unit(unit, kept, replace(config, method="lbyl"), statistics)
+        solution = solve_unit(unit, kept, settings, statistics, method="lbyl")
         solution.notes.append(f"auto: lbyl, nothing measured ({measurement.failure})")
         return "lbyl", solution
     errors, solutions = {}, {}
     for method in AUTO_METHODS:
-        solutions[method] = solve_unit(unit, kept, replace(config, method=method), statistics)
+        solutions[method] = solve_unit(unit, kept, settings, statistics, method=method)
         errors[method] = sensitivity.error(
             unit, kept, solutions[method].scaling, solutions[method].offsets
         )
@@ -125,11 +131,16 @@ def choose_method(
     return best, solutions[best]
 
 
-def corrects_bias(unit: Unit, config: PruneConfig) -> bool:
-    """Data-free bias correction: where ``--bias-correction`` asks for it, and by default in
-    depthwise groups (measured: docs/benchmarks.md), always under :func:`trusted_means`."""
-    wanted = config.bias_correction
-    return (bool(unit.regroup) if wanted is None else wanted) and trusted_means(unit)
+def corrects_bias(unit: Unit, settings: Settings) -> bool:
+    """Data-free bias correction: where :attr:`Settings.bias_correction` applies
+    (:func:`in_effect`), always under :func:`trusted_means`."""
+    return in_effect(settings.bias_correction, unit) and trusted_means(unit)
+
+
+def in_effect(policy: Policy, unit: Unit) -> bool:
+    """Whether a data-free correction with ``policy`` applies to ``unit``: always, never, or
+    where the unit is a depthwise group."""
+    return policy == "always" or (policy == "depthwise" and bool(unit.regroup))
 
 
 def trusted_means(unit: Unit) -> bool:
@@ -146,14 +157,3 @@ def unit_notes(unit: Unit, calibrated: bool) -> list[str]:
     if not calibrated:
         return unit.notes
     return [note for note in unit.notes if "approximate" not in note]
-
-
-def sequential_ridge(config: PruneConfig) -> float | None:
-    """The sequential solve's ridge: as given, else None (cross-validated per unit) on
-    synthetic inputs and the fixed :data:`SEQUENTIAL_RIDGE` on real ones. Measured
-    (docs/benchmarks.md, "--synthetic-calibration"): cross-validation removed synthetic
-    calibration's one loss (EfficientNet-Lite0 at 0.2: 0.027 -> 0.090 against LBYL's 0.059)
-    and cost real calibration much of EfficientNet-Lite0 (0.852 -> 0.766 at 0.1)."""
-    if config.calibration_ridge is not None:
-        return config.calibration_ridge
-    return None if config.synthetic_calibration else SEQUENTIAL_RIDGE
