@@ -239,6 +239,7 @@ OPS: dict[str, OpSpec] = {
     "Clip": OpSpec(
         activation=ActivationRole("clip", clip_bounds), group_internal=True, fused_into_conv=True
     ),
+    "Tanh": OpSpec(activation=ActivationRole("tanh"), group_internal=True, fused_into_conv=True),
     # channel-wise pass-through
     "MaxPool": OpSpec(passes=SPATIAL, group_internal=True, approximate=True),
     "AveragePool": OpSpec(passes=SPATIAL, group_internal=True),
@@ -256,7 +257,6 @@ OPS: dict[str, OpSpec] = {
     "Sigmoid": OpSpec(fused_into_conv=True),
     "HardSigmoid": OpSpec(fused_into_conv=True),
     "HardSwish": OpSpec(fused_into_conv=True),
-    "Tanh": OpSpec(fused_into_conv=True),
     "Div": OpSpec(keeps_channels=True),
     "Sub": OpSpec(keeps_channels=True),
     "Pad": OpSpec(keeps_channels=True),
