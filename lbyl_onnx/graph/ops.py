@@ -18,8 +18,10 @@ op's part in that is its :class:`OpSpec` in :data:`OPS`:
 - ``group_internal``: an op a residual group's channels may pass through between its sums;
 - ``approximate``: the compensation folded through it is approximate;
 - ``fused_into_conv``: onnxruntime fuses it into the convolution or matrix product it
-  follows; ``keeps_channels``: its output keeps its first input's channels (the latency
-  model walks back through these: :mod:`lbyl_onnx.runtime.timing`).
+  follows; ``keeps_channels``: its output keeps its first input's channels though it has
+  no other role (``Div``, ``Sub``, ``Pad``). :attr:`OpSpec.channelwise` gathers every op
+  whose output keeps its input's channels: the latency model walks back through them
+  (:mod:`lbyl_onnx.runtime.timing`).
 
 Exact or approximate: ``S`` is fitted on the channels ``r`` after the activation and folded
 into the readers. Folding it through an op ``f`` between ``r`` and a reader is exact when
