@@ -347,13 +347,13 @@ def test_depthwise_producer_is_declined():
     assert_declined(_conv_group_chain(8, 1), "conv0", "depthwise", "producer")
 
 
-@pytest.mark.parametrize(("act", "opset"), [("Sigmoid", 17), ("HardSwish", 14), ("Tanh", 13)])
+@pytest.mark.parametrize(("act", "opset"), [("Sigmoid", 17), ("HardSwish", 14), ("Softsign", 13)])
 def test_unsupported_activation_is_declined(act, opset):
-    if act == "Tanh":
+    if act == "Softsign":  # Tanh until it became an entry of the op table (tests/test_ops.py)
         model = conv_net(channels=(3, 8), act=None, opset=opset)
         node = next(n for n in model.graph.node if n.name == "head")
         node.input[0] = "t0"
-        model.graph.node.insert(1, helper.make_node("Tanh", ["z0"], ["t0"], name="tanh0"))
+        model.graph.node.insert(1, helper.make_node("Softsign", ["z0"], ["t0"], name="softsign0"))
     else:
         model = conv_net(channels=(3, 8), act=act, opset=opset)
     assert_declined(model, "conv0", act)

@@ -15,7 +15,9 @@ New values are written as new constants with fresh unique names (an initializer 
 initializer, a ``Constant`` node for a ``Constant`` node); the old ones are removed once
 nothing reads them. An initializer that is also listed as a graph input (IR < 4 models and
 old exporters) keeps its name, and its graph input's shape is updated, so the input list
-stays consistent. The model is edited in place.
+stays consistent. The model is edited in place; the units' nodes are found in it by name
+(:class:`~lbyl_onnx.graph.records.NodeRef`), so a plan applies to any copy of the model its
+unit was found in.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .index import GraphIndex, attribute
-from .units import Consumer, Operand, Unit, channel_axis
+from .index import GraphIndex
+from .records import Consumer, MatrixKind, Operand, Unit, channel_axis
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def channel_columns(
     """The consumer's weight as a ``rows x N`` matrix, one column per channel of the unit
     (output channels, kernel taps and flattened positions as rows), and the map that puts a
     ``rows x m`` matrix back into the weight's own layout with ``m`` channels."""
-    if consumer.kind == "conv":  # O x N x k...
+    if consumer.kind is MatrixKind.CONV:  # O x N x k...
         moved = np.moveaxis(weight, 1, -1)
         return moved.reshape(-1, weight.shape[1]), lambda c: np.moveaxis(
             c.reshape(*moved.shape[:-1], c.shape[1]), -1, 1
@@ -116,7 +118,8 @@ class _Editor:
         names = _all_names(model)
         detached: list[str] = []
         for operand, value in self.edits.values():
-            name = operand.tensor
+            node = operand.node.resolve(index)
+            name = node.input[operand.index]
             source = index.source(name)
             if source is None:  # matched as constant before: cannot happen
                 raise RuntimeError(f"operand '{name}' is no longer a constant")
@@ -134,9 +137,8 @@ class _Editor:
                     )
             else:
                 const = helper.make_node("Constant", [], [fresh], name=fresh, value=tensor)
-                position = list(graph.node).index(operand.node)
-                graph.node.insert(position, const)
-            operand.node.input[operand.index] = fresh
+                graph.node.insert(_position(graph, node), const)
+            node.input[operand.index] = fresh
             detached.append(name)
         _remove_unread(model, detached)
         present = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
@@ -144,6 +146,11 @@ class _Editor:
         for info in stale:
             graph.value_info.remove(info)
         return changed
+
+
+def _position(graph: onnx.GraphProto, node: onnx.NodeProto) -> int:
+    """Where ``node`` is in the graph's node list (found by its first output)."""
+    return next(i for i, n in enumerate(graph.node) if n.output and n.output[0] == node.output[0])
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -237,7 +244,7 @@ def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
     Gemm/MatMul: each channel's block of columns), in the units of the consumer's bias."""
     v = consumer.weight.value.astype(np.float64)
     n = offsets.shape[0]
-    if consumer.kind == "conv":
+    if consumer.kind is MatrixKind.CONV:
         per_channel = v.reshape(v.shape[0], n, -1).sum(axis=2)  # O x N
     elif consumer.interleaved and consumer.transposed:
         per_channel = v.reshape(v.shape[0], consumer.block, n).sum(axis=1)
@@ -248,10 +255,8 @@ def consumer_bias_delta(consumer: Consumer, offsets: np.ndarray) -> np.ndarray:
     else:
         per_channel = v.reshape(n, consumer.block, v.shape[1]).sum(axis=1).T
     delta = per_channel @ offsets
-    if consumer.kind == "gemm":
-        alpha = attribute(consumer.node, "alpha", 1.0)
-        beta = attribute(consumer.node, "beta", 1.0)
-        delta = delta * alpha / beta
+    if consumer.kind is MatrixKind.GEMM:
+        delta = delta * consumer.alpha / consumer.beta
     return delta
 
 
@@ -262,16 +267,19 @@ def _add_to_bias(bias: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return (bias + delta.reshape(bias.shape)).astype(bias.dtype)
 
 
-def _ensure_bias(model: onnx.ModelProto, consumer: Consumer, names: set[str]) -> Operand | None:
+def _ensure_bias(
+    model: onnx.ModelProto, index: GraphIndex, consumer: Consumer, names: set[str]
+) -> Operand | None:
     """The consumer's bias operand, created (zeros) for a Conv or Gemm that has none; None
     for a MatMul without a bias Add (the correction is then skipped)."""
     if consumer.bias is not None:
         return consumer.bias
-    if consumer.kind == "matmul":
+    if consumer.kind is MatrixKind.MATMUL:
         return None
-    node = consumer.node
+    node = consumer.node.resolve(index)
     weight = consumer.weight.value
-    outputs = weight.shape[0] if consumer.kind == "conv" or consumer.transposed else weight.shape[1]
+    by_row = consumer.kind is MatrixKind.CONV or consumer.transposed
+    outputs = weight.shape[0] if by_row else weight.shape[1]
     zeros = np.zeros(outputs, dtype=weight.dtype)
     name = _fresh_name(names, f"{node.name or node.output[0]}.bias")
     model.graph.initializer.append(numpy_helper.from_array(zeros, name))
@@ -279,7 +287,7 @@ def _ensure_bias(model: onnx.ModelProto, consumer: Consumer, names: set[str]) ->
         node.input[2] = name  # an empty optional input
     else:
         node.input.append(name)
-    return Operand(node, 2, zeros)
+    return Operand.of(node, 2, zeros)
 
 
 def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
@@ -293,6 +301,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
     editor = _Editor()
     stale: set[str] = set()
     names = _all_names(model)
+    index = GraphIndex(model)
     active = [p for p in plans if len(p.kept) < p.unit.channels]
     created: dict[str, Operand] = {}  # biases created for consumers, by node output
     for plan in active:
@@ -303,7 +312,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
             if plan.offsets is None or not np.any(plan.offsets):
                 continue
             key = consumer.node.output[0]
-            bias = created.get(key) or _ensure_bias(model, consumer, names)
+            bias = created.get(key) or _ensure_bias(model, index, consumer, names)
             if bias is None:
                 continue
             if consumer.bias is None:
@@ -313,12 +322,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
     for plan in active:
         unit, kept = plan.unit, plan.kept
         n, m = unit.channels, len(kept)
-        if unit.kind == "conv":
-            editor.edit(unit.weight, lambda w, k=kept: w[k])
-        elif unit.kind == "gemm" and attribute(unit.producer, "transB", 0):
-            editor.edit(unit.weight, lambda w, k=kept: w[k, :])
-        else:
-            editor.edit(unit.weight, lambda w, k=kept: w[:, k])
+        editor.edit(unit.weight, lambda w, k=kept, a=unit.weight_axis: np.take(w, k, axis=a))
         operands = [*unit.bn_params]
         if unit.bias is not None:
             operands.append(unit.bias)
@@ -329,7 +333,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
         for operand, axis in [*slices, *unit.extra_slices]:
             editor.edit(operand, lambda v, k=kept, a=axis: take_channels(v, k, a))
         for node in unit.regroup:
-            _set_group(node, m)
+            _set_group(node.resolve(index), m)
         for target, position, block in unit.reshapes:
             editor.edit(target, lambda v, p=position, c=m * block: _reshape_target(v, p, c))
         stale.update(unit.tensors)

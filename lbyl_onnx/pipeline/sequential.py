@@ -34,8 +34,7 @@ import onnx
 from onnx import helper
 
 from ..graph.rewrite import Plan, apply_plans, consumer_column_gram
-from ..graph.shapes import infer_shapes
-from ..graph.units import Unit, find_units
+from ..graph.units import Layout, Unit
 from ..methods.base import Solution, identity_rows
 from ..methods.calibrated import (
     SEQUENTIAL_RIDGE,
@@ -187,7 +186,7 @@ class SequentialCalibration:
         """``unit``'s channels in ``values`` (samples ``start`` onward) as rows, one per
         sample and sampled position."""
         b = values.shape[0]
-        if unit.kind == "conv":  # samples x channels x positions
+        if unit.layout is Layout.SPATIAL:  # samples x channels x positions
             grid = values.reshape(b, unit.channels, -1)
         else:
             grid = np.swapaxes(values.reshape(b, -1, unit.channels), 1, 2)
@@ -248,15 +247,11 @@ class SequentialCalibration:
         self._frontier = {t: v for t, v in self._frontier.items() if needed(t, self._final)}
 
     def _pruned(self, plans: list[Plan]) -> onnx.ModelProto:
-        """A copy of the original with ``plans`` applied (their units found again in it)."""
+        """A copy of the original with ``plans`` applied (units refer to nodes by name)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.original)
         if plans:
-            found, _ = find_units(model, infer_shapes(model), self.prune_residual)
-            units = {u.name: u for u in found}
-            apply_plans(
-                model, [Plan(units[p.unit.name], p.kept, p.scaling, p.offsets) for p in plans]
-            )
+            apply_plans(model, plans)
         return model
 
     def _run(

@@ -148,7 +148,7 @@ def trusted_means(unit: Unit) -> bool:
     running statistics (so its channels' means are known without data), and no max-pool
     sits between the activation and the consumers (a max does not preserve means)."""
     bn = unit.arrays.bn
-    return bn is not None and bn.statistics and not any("approximate" in n for n in unit.notes)
+    return bn is not None and bn.statistics and not unit.approximate
 
 
 def unit_notes(unit: Unit, calibrated: bool) -> list[str]:
@@ -156,4 +156,4 @@ def unit_notes(unit: Unit, calibrated: bool) -> list[str]:
     that folding through a max-pool is approximate does not apply to it."""
     if not calibrated:
         return unit.notes
-    return [note for note in unit.notes if "approximate" not in note]
+    return list(unit.remarks)

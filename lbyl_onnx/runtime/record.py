@@ -39,7 +39,7 @@ def record_statistics(
     finally:
         del graph.output[count_outputs:]
     stats = {u.name: ActivationStats.empty(u.channels) for u in units}
-    axis = {u.name: 1 if u.kind == "conv" else -1 for u in units}
+    axis = {u.name: u.layout.channel_axis for u in units}
     for feeds in batches(session, data, batch):
         values = dict(zip(tensors, session.run(tensors, feeds), strict=True))
         for unit in units:

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from ..graph.shapes import infer_shapes
-from ..graph.units import Unit
+from ..graph.units import Layout, Unit
 from . import sessions
 
 BATCH = 8
@@ -44,7 +44,7 @@ class OutputSensitivity:
             u.name: (f"lbyl_onnx.map.{i}", f"lbyl_onnx.offset.{i}") for i, u in enumerate(units)
         }
         self.channels = {u.name: u.channels for u in units}
-        self.kind = {u.name: u.kind for u in units}
+        self.layout = {u.name: u.layout for u in units}
         shapes = infer_shapes(model)
         self.ranks = {u.name: len(shapes.get(u.record) or [0] * 4) for u in units}
         graph = model.graph
@@ -76,7 +76,7 @@ class OutputSensitivity:
         for name, (map_name, offset_name) in self.maps.items():
             n = self.channels[name]
             t, e = applied.get(name, (np.eye(n), np.zeros(n)))
-            if self.kind[name] == "conv":  # a 1x1 Conv: weight [N, N, 1, ...], bias [N]
+            if self.layout[name] is Layout.SPATIAL:  # a 1x1 Conv: weight [N, N, 1, ...], bias [N]
                 ones = [1] * (self.ranks[name] - 2)
                 feeds[map_name] = t.astype(np.float32).reshape(n, n, *ones)
             else:  # MatMul by T^T on the channels-last axis
@@ -148,7 +148,7 @@ def _insert_maps(
         for node, position in readers.get(source, []):
             rewired.append((node, position, source))
             node.input[position] = mapped
-        if unit.kind == "conv":
+        if unit.layout is Layout.SPATIAL:
             graph.node.append(
                 helper.make_node("Conv", [source, map_name, offset_name], [mapped], map_name)
             )

@@ -36,43 +36,22 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..graph.ops import ops_where
 from ..graph.rewrite import Plan, apply_plans
-from ..graph.shapes import infer_shapes
-from ..graph.units import Unit, find_units, units_by_tensor
+from ..graph.units import Unit, units_by_tensor
 from ..methods.allocation import CostTerm, candidate_counts
 from ..methods.base import identity_rows
 from . import sessions
 
-FUSED_INTO_CONV = {
-    "Add",
-    "BatchNormalization",
-    "Clip",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Relu",
-    "Sigmoid",
-    "Sum",
-    "Tanh",
-}
-"""Ops onnxruntime fuses into the convolution (or matrix product) they follow."""
+FUSED_INTO_CONV = ops_where(lambda spec: spec.fused_into_conv)
+"""Ops onnxruntime fuses into the convolution (or matrix product) they follow (the op
+table's ``fused_into_conv``)."""
 
-CHANNELWISE = FUSED_INTO_CONV | {
-    "AveragePool",
-    "Div",
-    "Dropout",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Identity",
-    "MaxPool",
-    "Mul",
-    "Pad",
-    "PRelu",
-    "Sub",
-}
-"""Ops whose output keeps their first input's channels."""
+CHANNELWISE = ops_where(lambda spec: spec.channelwise)
+"""Ops whose output keeps their first input's channels (the op table's ``channelwise``)."""
 
-MATRIX_OPS = ("Conv", "Gemm", "MatMul")
+MATRIX_OPS = ops_where(lambda spec: spec.producer is not None)
+"""The matrix ops (the op table's producers)."""
 
 PROFILE_SECONDS = 1.0
 """About how long each model is profiled (at least :data:`PROFILE_RUNS`)."""
@@ -108,20 +87,18 @@ def latency_costs(
 ) -> LatencyCosts:
     """Profile ``model`` and a copy with every unit at about half its channels (on
     ``feeds``, one thread, onnxruntime's default optimisations) and split each kernel's time
-    as the module docstring says."""
+    as the module docstring says. ``units`` are ``model``'s; ``prune_residual`` is not read
+    (they were found with it; the parameter stays for the callers)."""
     named = _renamed(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(named)
-    probe_units, _ = find_units(probe, infer_shapes(probe), prune_residual)
-    by_output = {u.producer.output[0]: u for u in probe_units}
     halves = [_half(u.channels, round_to) for u in units]
-    plans = []
-    for unit, half in zip(units, halves, strict=True):
-        twin = by_output.get(unit.producer.output[0])
-        if twin is not None and half < unit.channels:
-            kept = np.arange(half)
-            plans.append(Plan(twin, kept, identity_rows(twin.channels, kept)))
-    apply_plans(probe, plans)
+    plans = [
+        Plan(unit, np.arange(half), identity_rows(unit.channels, np.arange(half)))
+        for unit, half in zip(units, halves, strict=True)
+        if half < unit.channels
+    ]
+    apply_plans(probe, plans)  # the units refer to nodes by their outputs: found in the copy
     full_times, total = kernel_times(named, feeds)
     probe_times, _ = kernel_times(probe, feeds)
     factors = kernel_factors(named, units)
