@@ -83,7 +83,7 @@ def test_the_first_unit_gets_calibration_modes_solution() -> None:
     first = units[0]
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
     removed = np.setdiff1d(np.arange(first.channels), kept)
-    _, solution = SequentialCalibration(model, [first], data, False, 0.01).solve(
+    _, solution = SequentialCalibration(model, [first], data, 0.01).solve(
         first, len(kept), [], kept
     )
     stats = record_statistics(model, [first], data)[first.name]
@@ -191,7 +191,7 @@ def _solve_all(
         sessions, "session", lambda m, **kw: held.append(len(m.graph.node)) or session(m, **kw)
     )
     units, _ = list_units(model)
-    calibration = SequentialCalibration(model, units, data, False, **options)
+    calibration = SequentialCalibration(model, units, data, **options)
     plans: list[Plan] = []
     for unit in units:
         kept = keep_best(unit.arrays.weight, kept_count(unit.channels, 0.3), "l2")
@@ -284,7 +284,7 @@ def test_both_models_are_observed_at_the_same_sampled_positions(monkeypatch) -> 
         lambda stats, kept, ridge: seen.append(stats.count) or solve(stats, kept, ridge),
     )
     kept = keep_best(first.arrays.weight, kept_count(first.channels, 0.3), "l2")
-    calibration = SequentialCalibration(model, [first], data, False, positions=5)
+    calibration = SequentialCalibration(model, [first], data, positions=5)
     _, solution = calibration.solve(first, len(kept), [], kept)
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.output.append(helper.make_empty_tensor_value_info(first.record))
@@ -368,7 +368,7 @@ def test_the_folds_are_the_even_and_the_odd_samples(monkeypatch) -> None:
         return cross_validated_ridge(folds, kept)
 
     monkeypatch.setattr(sequential_module, "cross_validated_ridge", spy)
-    calibration = SequentialCalibration(model, [first], data, False, batch=7)
+    calibration = SequentialCalibration(model, [first], data, batch=7)
     _, solution = calibration.solve(first, len(kept), [], kept)
     assert len(seen) == 1
     for parity, fold in enumerate(seen[0]):

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..graph.index import GraphIndex
-from ..runtime.sessions import session
+from ..runtime.record import Recorder
 from .images import CONVENTIONS, IMAGE_SIDE, convention, synthetic_images
 from .specs import InputSpec, input_specs, to_layout
 
@@ -141,33 +140,15 @@ def first_layer(model: onnx.ModelProto, name: str) -> tuple[FirstLayer | None, s
     return FirstLayer(node, target, bn, spatial), ""
 
 
-def _subgraph(
-    model: onnx.ModelProto, index: GraphIndex, name: str, target: str, channel_axis: int
-) -> onnx.ModelProto:
-    """A model computing ``target`` from input ``name`` (its ancestors only), with every
-    dimension of the input but the channels free."""
-    needed, stack = set(), [target]
-    while stack:
-        tensor = stack.pop()
-        node = index.producer.get(tensor)
-        if node is None or id(node) in needed:
-            continue
-        needed.add(id(node))
-        stack.extend(t for t in node.input if t)
-    nodes = [n for n in model.graph.node if id(n) in needed]
-    used = {t for n in nodes for t in n.input}
-    inits = [t for t in model.graph.initializer if t.name in used]
-    source = next(i for i in model.graph.input if i.name == name)
-    inp = onnx.ValueInfoProto()
-    inp.CopyFrom(source)
-    for k, dim in enumerate(inp.type.tensor_type.shape.dim):  # any batch and image size
+def _free_input(model: onnx.ModelProto, name: str, channel_axis: int) -> onnx.TypeProto:
+    """The type of input ``name`` with every dimension but the channels free (any batch and
+    image size)."""
+    free = onnx.TypeProto()
+    free.CopyFrom(next(i for i in model.graph.input if i.name == name).type)
+    for k, dim in enumerate(free.tensor_type.shape.dim):
         if k != channel_axis:
             dim.dim_param = f"d{k}"
-    out = helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, "probe", [inp], [out], inits)
-    probe = helper.make_model(graph, opset_imports=list(model.opset_import))
-    probe.ir_version = model.ir_version
-    return probe
+    return free
 
 
 def _moments(
@@ -185,14 +166,15 @@ def _moments(
     so its response to the map is the sum of its responses to each channel's image, to each
     channel's constant 1, and to zero, all measured in onnxruntime (zero padding included)."""
     axis = 1 if spec.layout == "NCHW" else len(spec.shape) - 1
-    sess = session(_subgraph(model, index, spec.name, target, axis))
+    frontier = {spec.name: _free_input(model, spec.name, axis)}  # the input, of any size
+    probe = Recorder.cut(model, [target], frontier, index=index)  # the path from the input
     c = spec.channels
     h, w = size
     dtype = np.float32
 
     def run(batch_nchw: np.ndarray) -> np.ndarray:
         feed = to_layout(batch_nchw.astype(dtype), spec.layout)
-        return sess.run([target], {spec.name: feed})[0].astype(np.float64)
+        return probe.run({spec.name: feed})[target].astype(np.float64)
 
     zero = run(np.zeros((1, c, h, w)))
     units = []

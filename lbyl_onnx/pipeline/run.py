@@ -243,7 +243,7 @@ def _budget_counts(
                 "(other than the batch) is not fixed, and the time depends on it"
             )
         feeds = sessions.random_inputs(model, 1, settings.seed, settings.input_shapes)
-        return latency_costs(model, units, feeds, settings.round_to, settings.prune_residual)
+        return latency_costs(model, units, feeds, settings.round_to)
 
     before = summarize(model, settings.input_shapes)
     counts, text = budget_counts(model, units, settings, before, solve, measure, timed)
@@ -280,7 +280,6 @@ def _solve(
             work,
             [u for u in units if counts[u.name] < u.channels],
             calibration,
-            settings.prune_residual,
             None if ridge == CROSS_VALIDATED else ridge,
         )
     plans: list[Plan] = []

@@ -26,13 +26,13 @@ even and the odd samples, so that each unit's ridge can be cross-validated
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from ..graph.extract import has_subgraphs, needed_nodes, tensor_type
+from ..graph.index import GraphIndex
 from ..graph.rewrite import Plan, apply_plans, consumer_column_gram
 from ..graph.units import Layout, Unit
 from ..methods.base import Solution, identity_rows
@@ -43,21 +43,19 @@ from ..methods.calibrated import (
     solve_sequential,
 )
 from ..methods.selection import reconstruction_keep
-from ..runtime import sessions
-from ..runtime.sessions import batch_slices
+from ..runtime.record import Recorder
 
 POSITIONS = 256
 """Spatial positions per sample at which a unit's channels are observed, drawn at random
 without replacement (all of them where there are fewer)."""
 
 RECORDED_BYTES = 512 * 2**20
-"""The most bytes of the original's sampled activations held at once (EfficientNet-Lite0
-needs about 1 GiB in all, so two passes)."""
+"""The most bytes of the original's sampled activations held at once (a larger model's are
+recorded in several passes: docs/benchmarks.md, "Sequential calibration")."""
 
 FRONTIER_BYTES = 1024 * 2**20
-"""The most bytes of the pruned model's frontier tensors held at once. Measured on VGG16 at
-240 x 240, ratio 0.1: with 256 MiB (and 256 MiB recorded) only its last stage's maps were
-held and it took 366 s, 3.0 GiB at peak; with these budgets 163 s, 4.1 GiB."""
+"""The most bytes of the pruned model's frontier tensors held at once (a smaller budget made
+VGG16's passes start from its inputs: docs/benchmarks.md, "Sequential calibration")."""
 
 
 class SequentialCalibration:
@@ -70,7 +68,6 @@ class SequentialCalibration:
         original: onnx.ModelProto,
         units: list[Unit],
         data: dict[str, np.ndarray],
-        prune_residual: bool,
         ridge: float | None = None,
         batch: int = 16,
         positions: int = POSITIONS,
@@ -78,7 +75,7 @@ class SequentialCalibration:
         frontier_bytes: int = FRONTIER_BYTES,
     ):
         self.original, self.units, self.data = original, units, data
-        self.prune_residual, self.ridge, self.batch = prune_residual, ridge, batch
+        self.ridge, self.batch = ridge, batch
         self.positions = positions
         self.recorded_bytes, self.frontier_bytes = recorded_bytes, frontier_bytes
         self._slices: list[slice] = []  # the batches, the same in every pass
@@ -87,7 +84,7 @@ class SequentialCalibration:
         self._recorded: dict[str, list[np.ndarray]] = {}  # r's sampled rows, per batch
         self._frontier: dict[str, list[np.ndarray]] = {}  # pruned model's tensors, per batch
         self._final: set[str] = set()  # nodes (by first output) no later plan changes
-        self._cacheable = not _has_subgraphs(original.graph)
+        self._cacheable = not has_subgraphs(original.graph)
 
     def solve(
         self, unit: Unit, count: int, earlier: list[Plan], kept: np.ndarray | None = None
@@ -152,9 +149,8 @@ class SequentialCalibration:
             window.append(unit)
         tensors = sorted({u.record for u in window})
         self._recorded.update({u.name: [] for u in window})
-        passes = self._run(_cut(self._pruned([]), tensors), tensors)
-        for part, values in zip(self._slices, passes, strict=True):
-            named = dict(zip(tensors, values, strict=True))
+        passes = self._recorder(self.original, tensors).batches(self.data, self._slices)
+        for part, named in zip(self._slices, passes, strict=True):
             for unit in window:
                 rows = self._rows(unit, named[unit.record], part.start)
                 self._recorded[unit.name].append(rows.astype(np.float32))
@@ -162,14 +158,10 @@ class SequentialCalibration:
     def _sample_positions(self) -> None:
         """The batches, every unit's spatial size (from the original's outputs on the first
         batch) and the positions observed in each sample (None: all)."""
-        tensors = sorted({u.record for u in self.units})
-        model = _cut(self._pruned([]), tensors)
-        session = sessions.session(model, optimised=True)
+        recorder = self._recorder(self.original, sorted({u.record for u in self.units}))
         count = len(next(iter(self.data.values())))
-        self._slices = batch_slices(session, count, self.batch)
-        first = {name: value[self._slices[0]] for name, value in self.data.items()}
-        feeds = {i.name: first[i.name] for i in session.get_inputs() if i.name in first}
-        named = dict(zip(tensors, session.run(tensors, feeds), strict=True))
+        self._slices = recorder.slices(count, self.batch)
+        named = recorder.run({name: value[self._slices[0]] for name, value in self.data.items()})
         rng = np.random.default_rng(0)
         for unit in self.units:
             value = named[unit.record]
@@ -201,25 +193,21 @@ class SequentialCalibration:
         """``unit.record`` in the model pruned by ``earlier``, passed to ``each`` batch by
         batch, computed from the frontier the previous passes left; the frontier is then
         moved past what this pass computed, where it fits in :attr:`frontier_bytes`."""
-        if not self._cacheable:
-            model = _cut(self._pruned(earlier), [unit.record])
-            for index, (values,) in enumerate(self._run(model, [unit.record])):
-                each(index, values)
-            return
         model = self._pruned(earlier)
-        graph = model.graph
+        if not self._cacheable:
+            passes = self._recorder(model, [unit.record]).batches(self.data, self._slices)
+            for index, values in enumerate(passes):
+                each(index, values[unit.record])
+            return
+        index = GraphIndex(model)
         names = [u.name for u in self.units]
-        changing = _downstream(graph, self.units[names.index(unit.name) :])
-        consumers: dict[str, list[str]] = defaultdict(list)
-        for node in graph.node:
-            for name in node.input:
-                consumers[name].append(node.output[0])
-        computed = _needed_nodes(graph, [unit.record], set(self._frontier))
+        changing = _downstream(index, self.units[names.index(unit.name) :])
+        computed = needed_nodes(index, [unit.record], self._frontier)
         final = (self._final | {n.output[0] for n in computed}) - changing
-        varying = _input_dependent(graph)  # the rest (weights from Constant nodes) is recomputed
+        varying = _input_dependent(model.graph)  # the rest (Constant nodes' weights): recomputed
 
         def needed(tensor: str, final: set[str]) -> bool:
-            return any(c not in final for c in consumers.get(tensor, ()))
+            return any(r.node.output[0] not in final for r in index.readers.get(tensor, ()))
 
         new = [
             t
@@ -228,19 +216,22 @@ class SequentialCalibration:
             for t in node.output
             if t and t not in self._frontier and needed(t, final)
         ]
-        given = {t for node in computed for t in node.input} & set(self._frontier)
-        model = _cut(model, [unit.record, *new], {t: self._frontier[t][0] for t in given})
+        given = {
+            t: self._frontier[t] for node in computed for t in node.input if t in self._frontier
+        }
+        frontier = {t: tensor_type(values[0].dtype) for t, values in given.items()}
+        recorder = self._recorder(model, [unit.record, *new], frontier, index)
         held = sum(v.nbytes for values in self._frontier.values() for v in values)
         store: dict[str, list[np.ndarray]] | None = {t: [] for t in new}
-        for index, values in enumerate(self._run(model, [unit.record, *new], given)):
-            each(index, values[0])
-            if index == 0 and held + sum(v.nbytes for v in values[1:]) * len(self._slices) > (
+        for batch, values in enumerate(recorder.batches(self.data, self._slices, given)):
+            each(batch, values[unit.record])
+            if batch == 0 and held + sum(values[t].nbytes for t in new) * len(self._slices) > (
                 self.frontier_bytes
             ):
                 store = None
             if store is not None:
-                for tensor, value in zip(new, values[1:], strict=True):
-                    store[tensor].append(value)
+                for tensor in new:
+                    store[tensor].append(values[tensor])
         if store is not None:
             self._frontier.update(store)
             self._final = final
@@ -254,75 +245,20 @@ class SequentialCalibration:
             apply_plans(model, plans)
         return model
 
-    def _run(
-        self, model: onnx.ModelProto, tensors: list[str], given: set[str] = frozenset()
-    ) -> Iterator[list[np.ndarray]]:
-        """``tensors`` computed by ``model`` (cut to them: :func:`_cut`), batch by batch, fed
-        the calibration data and the frontier tensors ``given``."""
-        session = sessions.session(model, optimised=True)
-        inputs = [i.name for i in session.get_inputs()]
-        for index, part in enumerate(self._slices):
-            feeds = {
-                name: self._frontier[name][index] if name in given else self.data[name][part]
-                for name in inputs
-                if name in given or name in self.data
-            }
-            yield session.run(tensors, feeds)
-
-
-def _has_subgraphs(graph: onnx.GraphProto) -> bool:
-    """Whether a node holds a subgraph (control flow, which may read outer tensors)."""
-    return any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for node in graph.node
-        for a in node.attribute
-    )
-
-
-def _needed_nodes(
-    graph: onnx.GraphProto, tensors: list[str], given: set[str] = frozenset()
-) -> list[onnx.NodeProto]:
-    """The nodes ``tensors`` depend on, in graph order, not looking past the tensors in
-    ``given``. Every node where the graph has control flow."""
-    if _has_subgraphs(graph):
-        return list(graph.node)
-    producer = {output: node for node in graph.node for output in node.output}
-    needed, stack = set(), list(tensors)
-    while stack:
-        name = stack.pop()
-        node = producer.get(name) if name not in given else None
-        if node is not None and id(node) not in needed:
-            needed.add(id(node))
-            stack.extend(name for name in node.input if name)
-    return [node for node in graph.node if id(node) in needed]
-
-
-def _cut(
-    model: onnx.ModelProto, tensors: list[str], given: dict[str, np.ndarray] | None = None
-) -> onnx.ModelProto:
-    """``model`` (edited in place) computing only ``tensors``, from its inputs and the
-    tensors ``given`` (by an example value), which become inputs: onnxruntime runs every
-    node whatever the outputs asked for."""
-    given = given or {}
-    graph = model.graph
-    nodes = _needed_nodes(graph, tensors, set(given))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    read = {name for node in nodes for name in node.input}
-    read |= {t.name for t in graph.initializer}  # an IR < 4 graph lists them as inputs too
-    inputs = [i for i in graph.input if i.name in read and i.name not in given]
-    inputs += [
-        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
-        for name, value in given.items()
-    ]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    shapes = [v for v in graph.value_info if v.name not in given]
-    del graph.value_info[:]
-    graph.value_info.extend(shapes)
-    del graph.output[:]
-    graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors)
-    return model
+    def _recorder(
+        self,
+        model: onnx.ModelProto,
+        tensors: list[str],
+        frontier: dict[str, onnx.TypeProto] | None = None,
+        index: GraphIndex | None = None,
+    ) -> Recorder:
+        """A recorder of ``tensors`` computed by ``model`` cut to them, from its inputs and the
+        ``frontier`` tensors; where the graph has control flow, by the whole model (nothing is
+        cut or held)."""
+        in_place = not self._cacheable
+        return Recorder.cut(
+            model, tensors, frontier, in_place=in_place, optimised=True, index=index
+        )
 
 
 def _input_dependent(graph: onnx.GraphProto) -> set[str]:
@@ -339,22 +275,18 @@ def _input_dependent(graph: onnx.GraphProto) -> set[str]:
     return nodes
 
 
-def _downstream(graph: onnx.GraphProto, units: list[Unit]) -> set[str]:
+def _downstream(index: GraphIndex, units: list[Unit]) -> set[str]:
     """The nodes (by first output) that the plans of ``units`` may change: their producers
     and everything downstream of them. (A rewrite gives every constant it changes a fresh
     name, or edits in place one that no other node reads: units whose constants are shared
     are declined.)"""
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
     starts = {p.output[0] for u in units for p in u.producers}
-    roots = [node for node in graph.node if node.output[0] in starts]
+    roots = [node for node in index.model.graph.node if node.output[0] in starts]
     reached: dict[str, onnx.NodeProto] = {}
     while roots:
         node = roots.pop()
         if node.output[0] in reached:
             continue
         reached[node.output[0]] = node
-        roots.extend(c for t in node.output for c in consumers.get(t, ()))
+        roots.extend(r.node for t in node.output for r in index.readers.get(t, ()))
     return set(reached)

@@ -18,9 +18,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..graph.extract import cut
+from ..graph.index import GraphIndex
 from ..graph.shapes import infer_shapes
 from ..graph.units import Layout, Unit
 from . import sessions
+from .record import Recorder
 
 BATCH = 8
 """Inputs per onnxruntime run (unless the model's batch is fixed)."""
@@ -47,32 +50,31 @@ class OutputSensitivity:
         self.layout = {u.name: u.layout for u in units}
         shapes = infer_shapes(model)
         self.ranks = {u.name: len(shapes.get(u.record) or [0] * 4) for u in units}
-        graph = model.graph
-        counts = len(graph.node), len(graph.input), len(graph.output)
-        self.measured = _measured_outputs(graph)
-        rewired = _insert_maps(graph, units, self.maps, self.ranks)
-        graph.output.extend(
-            onnx.ValueInfoProto(name=name)
-            for name in self.measured
-            if name not in {o.name for o in graph.output}
-        )
-        try:  # the maps are in the graph only while the session is created
-            self.session = sessions.session(model, optimised=True)
-        finally:
-            del graph.node[counts[0] :]
-            del graph.input[counts[1] :]
-            del graph.output[counts[2] :]
-            for node, position, name in rewired:
-                node.input[position] = name
-        fixed = self.session.get_inputs()[0].shape[0]
-        self.fixed = isinstance(fixed, int) and fixed > 0
-        self.batch = fixed if self.fixed else BATCH
-        count = max(samples, self.batch) if self.fixed else samples
+        index = GraphIndex(model)
+        self.measured = _measured_outputs(index)
+        with cut(model, self.measured, in_place=True) as graph_cut:  # the whole model: no copy
+            graph = graph_cut.graph
+            counts = len(graph.node), len(graph.input)
+            rewired = _insert_maps(graph, index, units, self.maps, self.ranks)
+            try:  # the maps are in the graph only while the session is created
+                self.recorder = Recorder(sessions.session(graph_cut, optimised=True), self.measured)
+            finally:
+                del graph.node[counts[0] :]
+                del graph.input[counts[1] :]
+                for node, position, name in rewired:
+                    node.input[position] = name
+        fixed = sessions.fixed_batch(self.recorder.session)
+        count = max(samples, fixed) if fixed else samples
         self.inputs = {name: value[:count] for name, value in inputs.items()}
+        count = len(next(iter(self.inputs.values())))
+        # a free batch of fewer than BATCH inputs is run as one
+        self.slices = self.recorder.slices(count, min(BATCH, count))
         self.reference = self._run({})
 
     def _feeds(self, applied: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-        feeds = dict(self.inputs)
+        """The maps' ``T`` and ``e`` as the session's inputs: ``applied``'s, else the identity
+        and zero."""
+        feeds = {}
         for name, (map_name, offset_name) in self.maps.items():
             n = self.channels[name]
             t, e = applied.get(name, (np.eye(n), np.zeros(n)))
@@ -87,15 +89,11 @@ class OutputSensitivity:
     def _run(self, applied: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """The measured outputs on every input, run in batches of :data:`BATCH` (or the
         model's fixed batch, whose remainder is dropped), concatenated."""
-        feeds = self._feeds(applied)
-        count, step = len(next(iter(self.inputs.values()))), self.batch
-        batches = []
-        for start in range(0, count - step + 1 if self.fixed else count, step):
-            part = {k: v[start : start + step] if k in self.inputs else v for k, v in feeds.items()}
-            batches.append(self.session.run(self.measured, part))
+        maps = self._feeds(applied)
+        batches = list(self.recorder.batches(self.inputs, self.slices, constants=maps))
         return [
-            np.concatenate([np.atleast_1d(np.asarray(b[i], np.float64)) for b in batches])
-            for i in range(len(batches[0]))
+            np.concatenate([np.atleast_1d(np.asarray(b[name], np.float64)) for b in batches])
+            for name in self.measured
         ]
 
     def error(
@@ -115,13 +113,12 @@ class OutputSensitivity:
         return lost / total if total > 0 else 0.0
 
 
-def _measured_outputs(graph: onnx.GraphProto) -> list[str]:
+def _measured_outputs(index: GraphIndex) -> list[str]:
     """The model's outputs, each replaced by its producer's input where that producer is one
     of :data:`NORMALISERS`."""
-    producer = {output: node for node in graph.node for output in node.output}
     measured = []
-    for output in graph.output:
-        node = producer.get(output.name)
+    for output in index.model.graph.output:
+        node = index.producer.get(output.name)
         name = node.input[0] if node is not None and node.op_type in NORMALISERS else output.name
         if name not in measured:
             measured.append(name)
@@ -130,24 +127,23 @@ def _measured_outputs(graph: onnx.GraphProto) -> list[str]:
 
 def _insert_maps(
     graph: onnx.GraphProto,
+    index: GraphIndex,
     units: list[Unit],
     maps: dict[str, tuple[str, str]],
     ranks: dict[str, int],
 ) -> list[tuple[onnx.NodeProto, int, str]]:
     """Append, per unit, ``T r + e`` on the tensor its consumers read, and point every
-    reader of that tensor to it; return ``(node, position, old name)`` of each rewired input.
-    Appended nodes break the topological order, which onnxruntime restores itself."""
+    reader of that tensor (``index``'s, outside subgraphs) to it; return ``(node, position,
+    old name)`` of each rewired input. Appended nodes break the topological order, which
+    onnxruntime restores itself."""
     rewired = []
-    readers = {}
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, position))
     for unit in units:
         map_name, offset_name = maps[unit.name]
         source, mapped = unit.record, f"{unit.record}_lbyl_mapped"
-        for node, position in readers.get(source, []):
-            rewired.append((node, position, source))
-            node.input[position] = mapped
+        for reader in index.readers.get(source, []):
+            if reader.index >= 0:
+                rewired.append((reader.node, reader.index, source))
+                reader.node.input[reader.index] = mapped
         if unit.layout is Layout.SPATIAL:
             graph.node.append(
                 helper.make_node("Conv", [source, map_name, offset_name], [mapped], map_name)

@@ -115,12 +115,18 @@ def describe(feeds: dict[str, np.ndarray], source: str) -> str:
     return f"{source} ({shapes_text(feeds)})"
 
 
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch the model fixes (its first input's first dimension), or None when free."""
+    fixed = session.get_inputs()[0].shape[0]
+    return fixed if isinstance(fixed, int) and fixed > 0 else None
+
+
 def batch_slices(session: ort.InferenceSession, count: int, batch: int) -> list[slice]:
     """``count`` samples in slices of ``batch`` (the model's own batch when it is fixed,
-    whose remainder is dropped)."""
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    :func:`fixed_batch`, whose remainder is dropped): the one place that batches inputs."""
+    fixed = fixed_batch(session)
+    step = fixed or batch
     if count < step:
         raise UsageError(f"calibration data has {count} samples; the model's batch is {step}")
-    last = count - step + 1 if step == fixed else count  # a fixed batch drops the remainder
+    last = count - step + 1 if fixed else count  # a fixed batch drops the remainder
     return [slice(start, min(start + step, count)) for start in range(0, last, step)]

@@ -83,12 +83,10 @@ def latency_costs(
     units: list[Unit],
     feeds: dict[str, np.ndarray],
     round_to: int = 1,
-    prune_residual: bool = False,
 ) -> LatencyCosts:
     """Profile ``model`` and a copy with every unit at about half its channels (on
     ``feeds``, one thread, onnxruntime's default optimisations) and split each kernel's time
-    as the module docstring says. ``units`` are ``model``'s; ``prune_residual`` is not read
-    (they were found with it; the parameter stays for the callers)."""
+    as the module docstring says. ``units`` are ``model``'s."""
     named = _renamed(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(named)
