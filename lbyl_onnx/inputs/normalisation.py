@@ -323,12 +323,9 @@ def fit_normalisation(
     measured at most ``224 x 224`` (statistics per position do not depend on the image size).
 
     By default one ``(a, b)`` serves every channel: what tells the channels' maps apart is
-    only the colour statistics of the images, and the synthetic ones are rough. Measured on
-    EfficientNet-Lite0 (true map ``(x - 0.498) / 0.502`` for every channel), the per-channel
-    fit gave scales 2.51, 2.30, 1.67 (true 1.99) where the shared fit gives 2.31, and
-    calibration on the shared map's images kept more agreement at ratios 0.2 and 0.3
-    (docs: ``scripts/synthetic_study.py``). ``per_channel=True`` fits ``2C`` parameters, with
-    a weak pull toward their averages.
+    only the colour statistics of the images, and the synthetic ones are rough (measured
+    with ``scripts/synthetic_study.py``: docs/benchmarks.md, "--synthetic-calibration").
+    ``per_channel=True`` fits ``2C`` parameters, with a weak pull toward their averages.
 
     **Without one** (BN fused into the layer, or never there; source ``bias``): the scale
     is read from the first layer's bias, relative to its response to images. A trained
@@ -348,9 +345,9 @@ def fit_normalisation(
         raise ValueError("the model has no image input")
     spec = specs[0]
     c = spec.channels
-    scale, shift = convention(FALLBACK, c)
     layer, why = first_layer(model, spec.name)
     if layer is None:
+        scale, shift = convention(FALLBACK, c)
         return Normalisation(scale, shift, "fallback", why, convention=FALLBACK)
     index = GraphIndex(model)
     h, w = spec.size
@@ -361,18 +358,39 @@ def fit_normalisation(
     mean = index.value(bn.input[3]) if bn is not None and len(bn.input) > 4 else None
     var = index.value(bn.input[4]) if bn is not None and len(bn.input) > 4 else None
     if mean is not None and var is not None:
-        target_mean = mean.astype(np.float64).ravel()
-        target_var = var.astype(np.float64).ravel()
-        if per_channel:
-            theta, fit = _fit_affine(mean_g, second_g, target_mean, target_var, c)
-            return Normalisation(theta[:c], theta[c:], "batchnorm", fit=fit)
-        # one (a, b) for all channels: features summed over channels, G' = T^T G
-        t = np.zeros((2 * c + 1, 3))
-        t[:c, 0], t[c : 2 * c, 1], t[2 * c, 2] = 1.0, 1.0, 1.0
-        shared_mean = mean_g @ t
-        shared_second = np.einsum("ofg,fi,gj->oij", second_g, t, t)
-        theta, fit = _fit_affine(shared_mean, shared_second, target_mean, target_var, 1)
-        return Normalisation(theta[0] * np.ones(c), theta[1] * np.ones(c), "batchnorm", fit=fit)
+        return _fitted_to_batchnorm(mean_g, second_g, mean, var, c, per_channel)
+    return _chosen_by_bias(mean_g, second_g, c)
+
+
+def _fitted_to_batchnorm(
+    mean_g: np.ndarray,
+    second_g: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    c: int,
+    per_channel: bool,
+) -> Normalisation:
+    """The map whose first-layer statistics best match the BatchNormalization's running
+    statistics (:func:`fit_normalisation`, source ``batchnorm``); one ``(a, b)`` for all
+    channels unless ``per_channel``: the shared fit uses the features summed over channels,
+    ``G' = T^T G``."""
+    target_mean = running_mean.astype(np.float64).ravel()
+    target_var = running_var.astype(np.float64).ravel()
+    if per_channel:
+        theta, fit = _fit_affine(mean_g, second_g, target_mean, target_var, c)
+        return Normalisation(theta[:c], theta[c:], "batchnorm", fit=fit)
+    t = np.zeros((2 * c + 1, 3))
+    t[:c, 0], t[c : 2 * c, 1], t[2 * c, 2] = 1.0, 1.0, 1.0
+    shared_mean = mean_g @ t
+    shared_second = np.einsum("ofg,fi,gj->oij", second_g, t, t)
+    theta, fit = _fit_affine(shared_mean, shared_second, target_mean, target_var, 1)
+    return Normalisation(theta[0] * np.ones(c), theta[1] * np.ones(c), "batchnorm", fit=fit)
+
+
+def _chosen_by_bias(mean_g: np.ndarray, second_g: np.ndarray, c: int) -> Normalisation:
+    """The convention whose median ``|bias| / sd`` of the first layer's outputs is nearest 1
+    in log scale (:func:`fit_normalisation`, source ``bias``); :data:`FALLBACK` where the
+    layer has no bias."""
     ratios = {}
     for name in CONVENTIONS:
         a, b = convention(name, c)
@@ -381,6 +399,7 @@ def fit_normalisation(
         bias = np.abs(mean_g[:, -1])
         alive = sd > 0
         if not alive.any() or np.max(bias) <= 1e-12 * max(np.max(sd), 1e-30):
+            scale, shift = convention(FALLBACK, c)
             return Normalisation(
                 scale, shift, "fallback", "the first layer has no bias", convention=FALLBACK
             )
