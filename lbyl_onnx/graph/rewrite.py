@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .index import GraphIndex
+from .names import all_names, fresh_name
 from .records import Consumer, MatrixKind, Operand, Unit, channel_axis
 
 
@@ -115,7 +116,7 @@ class _Editor:
             return changed
         index = GraphIndex(model)
         graph = model.graph
-        names = _all_names(model)
+        names = all_names(model)
         detached: list[str] = []
         for operand, value in self.edits.values():
             node = operand.node.resolve(index)
@@ -127,7 +128,7 @@ class _Editor:
             if source.kind == "initializer" and source.name in index.graph_inputs:
                 _replace_listed_initializer(model, source.name, value)
                 continue
-            fresh = _fresh_name(names, name)
+            fresh = fresh_name(names, f"{name}_pruned")
             tensor = numpy_helper.from_array(np.ascontiguousarray(value), fresh)
             if source.kind in ("initializer", "constant_of_shape"):
                 graph.initializer.append(tensor)
@@ -151,26 +152,6 @@ class _Editor:
 def _position(graph: onnx.GraphProto, node: onnx.NodeProto) -> int:
     """Where ``node`` is in the graph's node list (found by its first output)."""
     return next(i for i, n in enumerate(graph.node) if n.output and n.output[0] == node.output[0])
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    graph = model.graph
-    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    names |= {v.name for v in graph.value_info} | {o.name for o in graph.output}
-    for node in graph.node:
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
-
-def _fresh_name(names: set[str], base: str) -> str:
-    candidate = f"{base}_pruned"
-    counter = 1
-    while candidate in names:
-        counter += 1
-        candidate = f"{base}_pruned{counter}"
-    names.add(candidate)
-    return candidate
 
 
 def _replace_listed_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
@@ -281,7 +262,7 @@ def _ensure_bias(
     by_row = consumer.kind is MatrixKind.CONV or consumer.transposed
     outputs = weight.shape[0] if by_row else weight.shape[1]
     zeros = np.zeros(outputs, dtype=weight.dtype)
-    name = _fresh_name(names, f"{node.name or node.output[0]}.bias")
+    name = fresh_name(names, f"{node.name or node.output[0]}.bias_pruned")
     model.graph.initializer.append(numpy_helper.from_array(zeros, name))
     if len(node.input) > 2:
         node.input[2] = name  # an empty optional input
@@ -300,7 +281,7 @@ def apply_plans(model: onnx.ModelProto, plans: list[Plan]) -> None:
     """
     editor = _Editor()
     stale: set[str] = set()
-    names = _all_names(model)
+    names = all_names(model)
     index = GraphIndex(model)
     active = [p for p in plans if len(p.kept) < p.unit.channels]
     created: dict[str, Operand] = {}  # biases created for consumers, by node output

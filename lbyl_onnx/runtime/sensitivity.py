@@ -20,6 +20,7 @@ from onnx import helper
 
 from ..graph.extract import cut
 from ..graph.index import GraphIndex
+from ..graph.names import all_names, fresh_name
 from ..graph.shapes import infer_shapes
 from ..graph.units import Layout, Unit
 from . import sessions
@@ -43,8 +44,15 @@ class OutputSensitivity:
         inputs: dict[str, np.ndarray],
         samples: int,
     ):
+        names = all_names(model)  # what the maps add must be new anywhere in the model
         self.maps = {
-            u.name: (f"lbyl_onnx.map.{i}", f"lbyl_onnx.offset.{i}") for i, u in enumerate(units)
+            u.name: (
+                fresh_name(names, f"lbyl_onnx.map.{i}"),
+                fresh_name(names, f"lbyl_onnx.offset.{i}"),
+                fresh_name(names, f"{u.record}_lbyl_mapped"),
+                fresh_name(names, f"{u.record}_lbyl_product"),
+            )
+            for i, u in enumerate(units)
         }
         self.channels = {u.name: u.channels for u in units}
         self.layout = {u.name: u.layout for u in units}
@@ -75,7 +83,7 @@ class OutputSensitivity:
         """The maps' ``T`` and ``e`` as the session's inputs: ``applied``'s, else the identity
         and zero."""
         feeds = {}
-        for name, (map_name, offset_name) in self.maps.items():
+        for name, (map_name, offset_name, _, _) in self.maps.items():
             n = self.channels[name]
             t, e = applied.get(name, (np.eye(n), np.zeros(n)))
             if self.layout[name] is Layout.SPATIAL:  # a 1x1 Conv: weight [N, N, 1, ...], bias [N]
@@ -129,7 +137,7 @@ def _insert_maps(
     graph: onnx.GraphProto,
     index: GraphIndex,
     units: list[Unit],
-    maps: dict[str, tuple[str, str]],
+    maps: dict[str, tuple[str, str, str, str]],
     ranks: dict[str, int],
 ) -> list[tuple[onnx.NodeProto, int, str]]:
     """Append, per unit, ``T r + e`` on the tensor its consumers read, and point every
@@ -138,8 +146,8 @@ def _insert_maps(
     onnxruntime restores itself."""
     rewired = []
     for unit in units:
-        map_name, offset_name = maps[unit.name]
-        source, mapped = unit.record, f"{unit.record}_lbyl_mapped"
+        map_name, offset_name, mapped, product = maps[unit.name]
+        source = unit.record
         for reader in index.readers.get(source, []):
             if reader.index >= 0:
                 rewired.append((reader.node, reader.index, source))
@@ -150,7 +158,6 @@ def _insert_maps(
             )
             weight_rank = ranks[unit.name]  # N x N x 1...
         else:
-            product = f"{mapped}_product"
             graph.node.append(helper.make_node("MatMul", [source, map_name], [product]))
             graph.node.append(helper.make_node("Add", [product, offset_name], [mapped]))
             weight_rank = 2
