@@ -163,7 +163,7 @@ def _subgraph(
     for k, dim in enumerate(inp.type.tensor_type.shape.dim):  # any batch and image size
         if k != channel_axis:
             dim.dim_param = f"d{k}"
-    out = helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)
+    out = helper.make_empty_tensor_value_info(target)  # of whatever type the model computes
     graph = helper.make_graph(nodes, "probe", [inp], [out], inits)
     probe = helper.make_model(graph, opset_imports=list(model.opset_import))
     probe.ir_version = model.ir_version
@@ -188,7 +188,8 @@ def _moments(
     sess = session(_subgraph(model, index, spec.name, target, axis))
     c = spec.channels
     h, w = size
-    dtype = np.float32
+    source = next(i for i in model.graph.input if i.name == spec.name)  # fed in its own dtype
+    dtype = helper.tensor_dtype_to_np_dtype(source.type.tensor_type.elem_type)
 
     def run(batch_nchw: np.ndarray) -> np.ndarray:
         feed = to_layout(batch_nchw.astype(dtype), spec.layout)
