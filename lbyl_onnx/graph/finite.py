@@ -60,15 +60,15 @@ def weight_problems(model: onnx.ModelProto) -> list[str]:
 
 def _float_constants(model: onnx.ModelProto) -> Iterator[tuple[str, np.ndarray]]:
     """``(name, values)`` of the main graph's floating-point initializers and ``Constant``
-    nodes, as float64-comparable arrays."""
+    nodes, in their own dtype (``np.isnan`` takes bfloat16 too; no float64 copy)."""
     for tensor in model.graph.initializer:
         if tensor.data_type in FLOATING:
-            yield tensor.name, np.asarray(numpy_helper.to_array(tensor), np.float64)
+            yield tensor.name, numpy_helper.to_array(tensor)
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
             value = constant_node_value(node)
             if value is not None and (value.dtype.kind == "f" or value.dtype.name == "bfloat16"):
-                yield node.output[0], np.asarray(value, np.float64)
+                yield node.output[0], value
 
 
 def _count(count: int, what: str) -> str:

@@ -3,8 +3,10 @@
 Both run on the CPU with graph optimisations disabled, so that the runtime's own fusions
 hide nothing (as onnxsim's model checking does). Pruning is lossy, so the gate is not
 equivalence: validation fails when the pruned model does not load or run, changes an
-output's shape or dtype, or produces NaN/Inf where the original did not. The metrics say
-how far the outputs moved.
+output's shape or dtype, or produces NaN/Inf. The metrics say how far the outputs moved.
+An original that computes NaN/Inf itself leaves nothing to compare with: validation could
+not run on random inputs (which may lie outside the model's domain), and user inputs it
+computes NaN/Inf on are refused.
 """
 
 from __future__ import annotations
