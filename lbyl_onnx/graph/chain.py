@@ -15,7 +15,14 @@ import onnx
 from ..methods.base import BatchNormParams, LayerArrays
 from ..methods.moments import Activation
 from .index import GraphIndex, attribute
-from .matching import Decline, constant, is_standard, per_channel_operand, sole_reader
+from .matching import (
+    Decline,
+    constant,
+    is_standard,
+    only_first_output,
+    per_channel_operand,
+    sole_reader,
+)
 from .ops import op_spec
 from .records import Layout, MatrixKind, NodeRef, Operand, Unit, channel_axis, node_name
 
@@ -53,6 +60,7 @@ def match_chain(
     if spec is None or spec.producer is None:
         raise Decline(f"{producer.op_type} '{node_name(producer)}' is not a producer")
     role = spec.producer
+    only_first_output(index, producer)
     produced = role.match(index, producer, depthwise)
     n = produced.rows.shape[0]
     tensor, axis = produced.tensor, produced.channel_axis
@@ -65,6 +73,7 @@ def match_chain(
     reader = sole_reader(index, tensor)
     spec = op_spec(reader) if reader is not None else None
     if activation and spec is not None and spec.activation is not None:
+        only_first_output(index, reader)
         node = NodeRef.of(reader)
         model, slope = spec.activation.matched(index, reader, n, axis)
         tensor = reader.output[0]
@@ -126,16 +135,19 @@ def match_normalisation(
 
 
 def _match_bn(index: GraphIndex, node: onnx.NodeProto, n: int) -> tuple[list[Operand], float]:
-    if len([o for o in node.output if o]) > 1 and any(
-        index.readers.get(o) for o in node.output[1:] if o
-    ):
-        raise Decline("BatchNormalization in training mode (extra outputs are read)")
+    try:
+        only_first_output(index, node)
+    except Decline as why:
+        raise Decline(f"BatchNormalization in training mode: {why}") from None
     if attribute(node, "spatial", 1) == 0:
         raise Decline("BatchNormalization with spatial=0 (per-element statistics)")
     params = [constant(index, node, i, f"BatchNormalization input {i}") for i in range(1, 5)]
     if any(p.value.size != n for p in params):
         raise Decline("BatchNormalization parameters are not per-channel")
-    return params, float(attribute(node, "epsilon", 1e-5))
+    eps = float(attribute(node, "epsilon", 1e-5))
+    if not np.all(params[3].value.astype(np.float64) + eps > 0):
+        raise Decline("BatchNormalization variance + epsilon is not positive (NaN or Inf)")
+    return params, eps
 
 
 def _match_scale_shift(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from .index import GraphIndex, Reader
 from .layouts import Position, Shapes
-from .matching import Decline, is_standard
+from .matching import Decline, is_standard, only_first_output
 from .ops import op_spec
 from .records import Approximation, Consumer, Layout, Operand, node_name
 
@@ -74,14 +74,14 @@ def _follow(
         raise Decline(f"'{at.tensor}' is input {position} of {op} '{node_name(node)}'")
     spec = op_spec(node)
     if spec is not None and at.layout in spec.passes:
-        if any(o and index.readers.get(o) for o in node.output[1:]):
-            raise Decline(f"second output of {op} '{node_name(node)}' is used")
+        only_first_output(index, node)
         if spec.approximate:
             walk.approximations.append(Approximation(op, BETWEEN))
         walk.tensors.append(node.output[0])
         return replace(at, tensor=node.output[0])
     step = spec.step(index, node, at, n, shapes) if spec is not None and spec.step else None
     if step is not None:
+        only_first_output(index, node)
         if step.after is not None:
             walk.tensors.append(node.output[0])
         if step.reshape is not None:

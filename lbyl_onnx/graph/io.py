@@ -101,9 +101,21 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def _check(model: onnx.ModelProto | Path, path: Path) -> None:
+    """The ONNX checker in full (strict shape and type inference included) on the input, once:
+    a model it rejects (an output's declared shape or a ``value_info`` contradicting the
+    graph, a sparse initializer where a node takes a tensor) is the input's problem, so that
+    one it rejects after the rewrite is the tool's. A large model is checked from its file,
+    whose weights are external references (read by neither check)."""
     try:
-        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
-    except (onnx.checker.ValidationError, ValueError, EncodeError) as error:
+        onnx.checker.check_model(
+            model if isinstance(model, onnx.ModelProto) else str(model), full_check=True
+        )
+    except (
+        onnx.checker.ValidationError,
+        onnx.shape_inference.InferenceError,
+        ValueError,
+        EncodeError,
+    ) as error:
         raise UsageError(f"{path} fails the ONNX checker: {_first_line(error)}") from error
 
 

@@ -12,10 +12,21 @@ import numpy as np
 import onnx
 
 from .index import GraphIndex
-from .records import Operand
+from .records import Operand, node_name
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 """The default ONNX domain, under both of its names."""
+
+
+BFLOAT16 = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16))
+"""NumPy's bfloat16 (from ``ml_dtypes``, which onnx uses): not a ``np.floating`` subtype."""
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """Whether weights of ``dtype`` can be solved for (in float64) and written back in it:
+    float16, bfloat16, float32, float64 (not the float8 types: 8-bit weights are
+    quantized, and a compensation rounded to them is not one)."""
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == BFLOAT16
 
 
 class Decline(Exception):
@@ -37,7 +48,7 @@ def constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Oper
         raise Decline(f"{what} '{name}' is not a constant")
     if index.is_shared(name):
         raise Decline(f"{what} '{name}' is shared with another node")
-    if not np.issubdtype(value.dtype, np.floating):
+    if not is_floating(value.dtype):
         raise Decline(f"{what} '{name}' is not floating point ({value.dtype})")
     if not np.all(np.isfinite(value)):
         raise Decline(f"{what} '{name}' contains NaN or Inf")
@@ -47,6 +58,19 @@ def constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Oper
 def optional_constant(index: GraphIndex, node: onnx.NodeProto, i: int, what: str) -> Operand | None:
     """``node.input[i]`` as in :func:`constant` where the node has it, None where it does not."""
     return constant(index, node, i, what) if len(node.input) > i and node.input[i] else None
+
+
+def only_first_output(index: GraphIndex, node: onnx.NodeProto) -> None:
+    """Decline where an output of ``node`` other than its first is read or is a graph output
+    (MaxPool's ``Indices``, Dropout's ``mask``, BatchNormalization's running statistics in
+    training mode): pruning changes the channels of every output, and only the first one's
+    readers are followed and rewritten, so another one would change shape unseen."""
+    for position, name in enumerate(node.output[1:], 1):
+        where = f"output {position} '{name}' of {node.op_type} '{node_name(node)}'"
+        if name and name in index.graph_outputs:
+            raise Decline(f"{where} is a graph output")
+        if name and index.readers.get(name):
+            raise Decline(f"{where} is read")
 
 
 def sole_reader(index: GraphIndex, tensor: str) -> onnx.NodeProto | None:

@@ -20,7 +20,7 @@ from .chain import Chain, chain_unit, match_chain
 from .consumers import Walk, walk_consumers
 from .index import GraphIndex
 from .layouts import Shapes
-from .matching import Decline
+from .matching import Decline, only_first_output
 from .ops import op_spec
 from .records import (
     Approximation,
@@ -111,6 +111,7 @@ def _collect(index: GraphIndex, start: onnx.NodeProto) -> _Group:
         group.tensors.append(tensor)
         node = index.producer.get(tensor)
         if node is not None and (is_residual_sum(index, node) or _group_internal(node)):
+            only_first_output(index, node)
             group.internal[id(node)] = node
             pending += [node.input[0]] if _group_internal(node) else list(node.input)
         elif all(chain[0] is not node for chain in group.chains):
@@ -125,6 +126,7 @@ def _collect(index: GraphIndex, start: onnx.NodeProto) -> _Group:
                 group.internal[id(follower)] = follower
                 pending += [follower.output[0], *(i for i in follower.input if i)]
             elif _group_internal(follower) and reader.index == 0:
+                only_first_output(index, follower)
                 group.internal[id(follower)] = follower
                 pending.append(follower.output[0])
     return group

@@ -180,10 +180,27 @@ NUMPY_TYPES = {
     onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT16: np.int16,
     onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT64: np.uint64,
+    onnx.TensorProto.UINT32: np.uint32,
+    onnx.TensorProto.UINT16: np.uint16,
     onnx.TensorProto.UINT8: np.uint8,
     onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.STRING: np.object_,
 }
+"""The element types onnxruntime's Python API takes as NumPy arrays (strings as ``object``
+arrays of ``str``), with their NumPy types. The others (bfloat16, the float8 and 4-bit
+types, complex) have NumPy types through ``ml_dtypes`` or NumPy, but onnxruntime takes no
+such array (or has no kernel for the type): nothing can be fed to an input of theirs."""
+
+
+def type_name(elem: int) -> str:
+    """An element type's ONNX name (``INT16``), or its number where onnx does not know it."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem)
+    except ValueError:
+        return str(elem)
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from ..graph.index import GraphIndex
 from ..runtime.record import Recorder
@@ -170,7 +171,8 @@ def _moments(
     probe = Recorder.cut(model, [target], frontier, index=index)  # the path from the input
     c = spec.channels
     h, w = size
-    dtype = np.float32
+    source = next(i for i in model.graph.input if i.name == spec.name)  # fed in its own dtype
+    dtype = helper.tensor_dtype_to_np_dtype(source.type.tensor_type.elem_type)
 
     def run(batch_nchw: np.ndarray) -> np.ndarray:
         feed = to_layout(batch_nchw.astype(dtype), spec.layout)

@@ -11,6 +11,14 @@ from ..graph.index import GraphIndex
 from ..graph.shapes import real_inputs
 from .images import IMAGE_SIDE
 
+FLOATING_INPUTS = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+)
+"""The input types synthetic inputs are made for (as float32, then cast to the type)."""
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -66,7 +74,7 @@ def input_specs(
     specs = []
     for info in real_inputs(model):
         elem = info.type.tensor_type.elem_type
-        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        if elem not in FLOATING_INPUTS:
             raise ValueError(f"input '{info.name}' is not floating point: cannot synthesise it")
         dims = _dims(info)
         given = (input_shapes or {}).get(info.name)

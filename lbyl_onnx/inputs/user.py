@@ -20,11 +20,17 @@ def input_problems(
 
     Names must be real graph inputs; data must have the input's element type and rank, and
     its fixed dimensions (with ``any_batch``, the first may be any number of samples, which
-    the caller feeds in batches); shapes must have the input's rank and fixed dimensions.
+    the caller feeds in batches), and floating-point data only finite values (NaN or Inf
+    would make every statistic and comparison NaN); shapes must have the input's rank and
+    fixed dimensions.
     """
     declared = {entry.name: entry for entry in real_inputs(model)}
     known = ", ".join(declared) or "none"
-    problems = []
+    problems = [
+        problem
+        for name, value in (input_data or {}).items()
+        if name in declared and (problem := non_finite(value, f"{data_flag} '{name}'"))
+    ]
     given = [
         (name, value.shape, value.dtype, data_flag) for name, value in (input_data or {}).items()
     ]
@@ -37,7 +43,7 @@ def input_problems(
             problems.append(f"{flag} names '{name}', which is not an input (inputs: {known})")
             continue
         expected = NUMPY_TYPES.get(entry.type.tensor_type.elem_type)
-        if dtype is not None and expected is not None and np.dtype(dtype) != np.dtype(expected):
+        if dtype is not None and expected is not None and not _same_type(dtype, expected):
             problems.append(
                 f"{flag} '{name}' is {np.dtype(dtype)}, the model expects {np.dtype(expected)}"
             )
@@ -59,3 +65,27 @@ def input_problems(
                 )
                 break
     return problems
+
+
+def non_finite(value: np.ndarray, what: str) -> str:
+    """``what`` holds NaN or Inf (how many, and the first's index), or "" where it does not
+    (or is not floating point)."""
+    if value.dtype.kind not in "fc" and value.dtype.name != "bfloat16":
+        return ""
+    bad = ~np.isfinite(value)
+    if not bad.any():
+        return ""
+    first = [int(i) for i in np.unravel_index(int(np.argmax(bad)), value.shape)]
+    nan = int(np.count_nonzero(np.isnan(value)))
+    kinds = " and ".join(
+        f"{count} {kind}" for count, kind in ((nan, "NaN"), (int(bad.sum()) - nan, "Inf")) if count
+    )
+    return f"{what} holds {kinds} (the first at index {first}): the inputs must be finite"
+
+
+def _same_type(given: np.dtype, expected: type) -> bool:
+    """Whether data of NumPy type ``given`` is what an input of ``expected`` takes (a string
+    input: text arrays, as ``np.load`` reads them, or ``object`` arrays)."""
+    if expected is np.object_:
+        return np.dtype(given).kind in "UO"
+    return np.dtype(given) == np.dtype(expected)

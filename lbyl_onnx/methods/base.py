@@ -144,6 +144,19 @@ class Solution:
     consumers' biases absorb (bias correction); None when the method has none."""
 
 
+class NonFiniteStatistics(ValueError):
+    """Activation statistics that hold NaN or Inf: the data, or the model before the unit,
+    computed them (an overflow, a logarithm or a division outside the model's domain); no
+    compensation can be solved from them."""
+
+
+def require_finite(*arrays: np.ndarray) -> None:
+    """Raise :class:`NonFiniteStatistics` where any of ``arrays`` holds NaN or Inf (before
+    a solver turns them into a crash or into NaN weights)."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise NonFiniteStatistics("the activations it reads hold NaN or Inf")
+
+
 def identity_rows(channels: int, kept: np.ndarray) -> np.ndarray:
     """``S`` with ``S[kept[t], t] = 1`` and zero rows for the removed channels."""
     scaling = np.zeros((channels, len(kept)), dtype=np.float64)

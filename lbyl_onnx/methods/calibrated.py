@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .base import Solution, identity_rows, removed_channels
+from .base import Solution, identity_rows, removed_channels, require_finite
 
 
 @dataclass
@@ -68,6 +68,7 @@ def solve_calibrated(
     ``residual`` is ``sum_j E[(r_j - s_j^T r_P - e_j)^2]`` over the removed channels, relative
     to plain removal's ``sum_j E[r_j^2]``.
     """
+    require_finite(stats.total, stats.outer)
     n = stats.total.shape[0]
     scaling = identity_rows(n, kept)
     offsets = np.zeros(n)
@@ -187,6 +188,7 @@ def solve_sequential(
     ``residual`` is the error ``E[|r - S x - e|^2]`` relative to plain removal's
     ``E[|r - P^T x|^2]`` (kept channels passed on as they are, removed ones dropped).
     """
+    require_finite(stats.x_total, stats.r_total, stats.xx, stats.xr, stats.rr)
     m = len(kept)
     count = max(stats.count, 1)
     mu_x, mu_r = stats.x_total / count, stats.r_total / count

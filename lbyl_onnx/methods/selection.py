@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import require_finite
+
 RIDGE = 1e-6
 """Relative ridge on ``C_xx`` (times its mean diagonal): channels that are constant over the
 samples, or exact copies of others, stay invertible (and cost nothing to remove)."""
@@ -44,6 +46,7 @@ def reconstruction_keep(
     docstring). ``cxx``: ``N x N`` covariance of the channels ``x`` the pruned model computes;
     ``cxr``: ``N x N`` their covariance with the original's channels ``r`` (``cxx`` itself
     where ``x = r``); ``consumer_gram``: ``M = V V^T``."""
+    require_finite(cxx, cxr)
     n = cxx.shape[0]
     if m >= n:
         return np.arange(n)

@@ -4,16 +4,20 @@ that synthetic calibration (LBYL's default without calibration data) runs on."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from ..config import PruneConfig, Settings, settled
+from ..errors import first_line
 from ..graph.shapes import real_inputs
 from ..graph.units import Unit
 from ..inputs.normalisation import normalisations
 from ..inputs.specs import input_specs
 from ..inputs.synthetic import synthetic_inputs
+from ..runtime import sessions
 from ..runtime.sensitivity import OutputSensitivity
 
 SYNTHETIC_SAMPLES = 64
@@ -71,6 +75,18 @@ def make_synthetic(
     return {name: value.astype(dtypes[name]) for name, value in made.items()}, scaling
 
 
+def loaded_session(model: onnx.ModelProto, what: str) -> Any:
+    """The model's onnxruntime session (default optimisations), or ``ValueError`` saying why
+    it does not load (an op or a type it has no kernel for: a custom op, ``Conv`` in float64
+    or bfloat16 on the CPU), as not running on ``what``."""
+    try:
+        return sessions.session(model, optimised=True)
+    except Exception as error:  # whatever onnxruntime raises: the reason, in one line
+        raise ValueError(
+            f"the model does not run on {what} in onnxruntime: {first_line(error)}"
+        ) from error
+
+
 class Measurement:
     """Inputs on which choices are measured in onnxruntime (a budget's damage, ``--method
     auto``): the calibration data, else :data:`SYNTHETIC_SAMPLES` synthetic inputs
@@ -126,10 +142,11 @@ class Measurement:
     def _synthetic(self) -> dict[str, np.ndarray] | None:
         try:
             s = self.settings
+            loaded_session(self.model, "synthetic inputs")  # a clear reason, before any run
             made, self.scaling = make_synthetic(
                 self.model, SYNTHETIC_SAMPLES, s.seed, s.input_shapes, s.input_range
             )
-        except ValueError as error:  # an input that is not floating point
+        except ValueError as error:  # an input that is not floating point; no onnxruntime
             self.failure = str(error)
             return None
         return made

@@ -4,6 +4,8 @@ and synthetic calibration inputs made and run where they may be wanted."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 
@@ -12,10 +14,10 @@ from ..errors import UsageError, first_line
 from ..graph.io import is_large
 from ..graph.shapes import real_inputs
 from ..graph.units import Declined, Unit
+from ..inputs.specs import input_specs
 from ..inputs.user import input_problems
-from ..runtime import sessions
 from ..runtime.sessions import batch_slices
-from .measure import make_synthetic, synthetic_calibration_count
+from .measure import loaded_session, make_synthetic, synthetic_calibration_count
 
 
 def checked_inputs(model: onnx.ModelProto, options: PruneConfig) -> dict[str, np.ndarray] | None:
@@ -56,29 +58,44 @@ def model_facts(
         candidates=tuple(u.name for u in units) + tuple(d.name for d in declined),
         large=bool(units) and calibration is None and is_large(model),
     )
+    if calibration is not None and units:
+        try:
+            run_first(loaded_session(model, "it"), calibration, "it")
+        except ValueError as error:
+            raise UsageError(f"--calibration-data: {error}") from error
     if not tries_synthetic(options, ModelFacts(**known)):
         return ModelFacts(**known), None, ""
     try:
+        input_specs(model, options.input_shapes)  # floating-point inputs, before any session
+        session = loaded_session(model, "synthetic inputs")
         count = synthetic_calibration_count(model, options.input_shapes)
         inputs, scaling = make_synthetic(
             model, count, options.seed, options.input_shapes, options.input_range
         )
-        run_first(model, inputs)
-    except (ValueError, UsageError) as error:
+        run_first(session, inputs, "synthetic inputs", finite=True)
+    except ValueError as error:
         return ModelFacts(**known, synthetic=str(error)), None, ""
+    except UsageError as error:  # fewer synthetic inputs than the model's fixed batch
+        reason = f"the model does not run on synthetic inputs in onnxruntime: {error}"
+        return ModelFacts(**known, synthetic=reason), None, ""
     return ModelFacts(**known, synthetic=""), inputs, scaling
 
 
-def run_first(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
-    """Raise ``ValueError`` where the model does not run in onnxruntime on the first batch of
-    ``inputs`` (one sample, or the model's fixed batch)."""
+def run_first(session: Any, inputs: dict[str, np.ndarray], what: str, finite: bool = False) -> None:
+    """Raise ``ValueError`` where the model (its onnxruntime ``session``) does not run on the
+    first batch of ``inputs`` (one sample, or the model's fixed batch), called ``what``, or
+    with ``finite``, computes NaN or Inf there (synthetic inputs outside the model's domain:
+    a logarithm or a square root of the input); a :class:`UsageError` where ``inputs`` has
+    fewer samples than that batch."""
+    first = batch_slices(session, len(next(iter(inputs.values()))), 1)[0]
+    names = [o.name for o in session.get_outputs()]
     try:
-        session = sessions.session(model, optimised=True)
-        count = len(next(iter(inputs.values())))
-        first = batch_slices(session, count, 1)[0]
-        names = [o.name for o in session.get_outputs()]
-        session.run(names, {name: value[first] for name, value in inputs.items()})
+        outputs = session.run(names, {name: value[first] for name, value in inputs.items()})
     except Exception as error:  # whatever onnxruntime raises: the reason, in one line
         raise ValueError(
-            f"the model does not run on synthetic inputs in onnxruntime: {first_line(error)}"
+            f"the model does not run on {what} in onnxruntime: {first_line(error)}"
         ) from error
+    for name, value in zip(names, outputs, strict=True):
+        value = np.asarray(value)
+        if finite and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ValueError(f"the model computes NaN or Inf in output '{name}' on {what}")

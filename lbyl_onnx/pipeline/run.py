@@ -20,7 +20,8 @@ from ..config import (
     resolve,
     validate_options,
 )
-from ..errors import RewriteError, UsageError, ValidationFailed
+from ..errors import RewriteError, UsageError, ValidationFailed, first_line
+from ..graph.finite import weight_problems
 from ..graph.io import check_model, load_model, serialized_size
 from ..graph.rewrite import Plan, apply_plans
 from ..graph.shapes import (
@@ -33,7 +34,7 @@ from ..graph.shapes import (
     without_large_weights,
 )
 from ..graph.units import Declined, Unit, find_units
-from ..methods.base import Solution
+from ..methods.base import NonFiniteStatistics, Solution
 from ..methods.calibrated import ActivationStats
 from ..methods.criteria import keep_best, kept_count
 from ..report import ModelSummary, Report, UnitRecord
@@ -43,7 +44,7 @@ from ..runtime.timing import LatencyCosts, latency_costs
 from ..runtime.validate import Validation, validate
 from ..version import __version__
 from .budget import Measured, budget_counts
-from .measure import Measurement
+from .measure import Measurement, loaded_session
 from .resolve import checked_inputs, model_facts
 from .sequential import SequentialCalibration
 from .solve import JudgeSamples, choose_method, curves_method, solve_unit, unit_notes
@@ -121,6 +122,7 @@ def _load(
 ) -> tuple[_Source, CalibrationInputs]:
     """The model, its calibration inputs checked against it (before any copy is made)."""
     if isinstance(model, onnx.ModelProto):
+        _checked(model)  # a loaded file was checked by load_model
         calibration = checked_inputs(model, options)
         work = onnx.ModelProto()
         work.CopyFrom(model)
@@ -130,8 +132,22 @@ def _load(
         calibration = checked_inputs(work, options)
         weights = (count_parameters(work), serialized_size(work))
         source = _Source(work, os.fspath(model), without_large_weights(work), weights, set())
+    if problems := weight_problems(work):
+        where = "the model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"{where}: {problems[0]}{more}")
     source.recorded_shapes.update(v.name for v in work.graph.value_info)
     return source, calibration
+
+
+def _checked(model: onnx.ModelProto) -> None:
+    """The ONNX checker in full on the caller's model, before anything is done: a model it
+    rejects is the caller's problem (:class:`UsageError`), as a file's is
+    (:func:`~lbyl_onnx.graph.io.load_model`)."""
+    try:
+        check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise UsageError(f"the model fails the ONNX checker: {first_line(error)}") from error
 
 
 @dataclass
@@ -168,10 +184,19 @@ def _edit(
         else None
     )
     measurement = Measurement(work, units, settings, calibration)
-    counts, budget = _widths(work, units, settings, statistics, measurement)
-    plans, records = _solve(
-        work, units, counts, settings, calibration, statistics, measurement, progress
-    )
+    try:
+        counts, budget = _widths(work, units, settings, statistics, measurement)
+        plans, records = _solve(
+            work, units, counts, settings, calibration, statistics, measurement, progress
+        )
+    except NonFiniteStatistics as error:
+        data = (
+            "synthetic calibration inputs" if settings.synthetic_calibration else "calibration data"
+        )
+        raise UsageError(
+            f"calibration: {error} on the {data} (the model overflows, or leaves its domain, "
+            "before it); prune from the weights alone with --closed-form"
+        ) from error
     apply_plans(work, plans)
     return _Edit(
         settings=settings,
@@ -242,7 +267,11 @@ def _budget_counts(
                 f"--target-latency needs --input-shape for input '{unfixed[0]}': its size "
                 "(other than the batch) is not fixed, and the time depends on it"
             )
-        feeds = sessions.random_inputs(model, 1, settings.seed, settings.input_shapes)
+        try:
+            feeds = sessions.random_inputs(model, 1, settings.seed, settings.input_shapes)
+            loaded_session(model, "random inputs")
+        except ValueError as error:  # no input can be made, or onnxruntime cannot load it
+            raise UsageError(f"--target-latency: {error}") from error
         return latency_costs(model, units, feeds, settings.round_to)
 
     before = summarize(model, settings.input_shapes)
@@ -287,23 +316,42 @@ def _solve(
     for done, unit in enumerate(units):
         if progress:
             progress(done, len(units))
-        count = counts[unit.name]
-        kept = None  # chosen by the sequential solve from the activations
-        if settings.criterion != "reconstruction":
-            kept = keep_best(unit.arrays.weight, count, settings.criterion)
-        recorded = statistics.get(unit.name) if statistics else None
-        if settings.method == "auto":
-            method, solution = choose_method(unit, kept, settings, recorded, measurement)
-        elif sequential is not None:
-            method = settings.method
-            kept, solution = sequential.solve(unit, count, plans, kept)
-        else:
-            method, solution = settings.method, solve_unit(unit, kept, settings, recorded)
+        try:
+            kept, method, solution = _solve_one(
+                unit, counts[unit.name], settings, statistics, measurement, sequential, plans
+            )
+        except NonFiniteStatistics as error:
+            raise NonFiniteStatistics(f"unit '{unit.name}': {error}") from error
         plans.append(Plan(unit, kept, solution.scaling, solution.offsets))
         records.append(_record(unit, kept, method, solution, calibration is not None))
     if progress:
         progress(len(units), len(units))
     return plans, records
+
+
+def _solve_one(
+    unit: Unit,
+    count: int,
+    settings: Settings,
+    statistics: dict[str, ActivationStats] | None,
+    measurement: Measurement,
+    sequential: SequentialCalibration | None,
+    plans: list[Plan],
+) -> tuple[np.ndarray, str, Solution]:
+    """One unit's kept channels, method and solution (the plans of the units before it
+    given, for the sequential solve)."""
+    kept = None  # chosen by the sequential solve from the activations
+    if settings.criterion != "reconstruction":
+        kept = keep_best(unit.arrays.weight, count, settings.criterion)
+    recorded = statistics.get(unit.name) if statistics else None
+    if settings.method == "auto":
+        method, solution = choose_method(unit, kept, settings, recorded, measurement)
+    elif sequential is not None:
+        method = settings.method
+        kept, solution = sequential.solve(unit, count, plans, kept)
+    else:
+        method, solution = settings.method, solve_unit(unit, kept, settings, recorded)
+    return kept, method, solution
 
 
 def _record(

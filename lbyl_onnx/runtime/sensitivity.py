@@ -56,6 +56,7 @@ class OutputSensitivity:
         }
         self.channels = {u.name: u.channels for u in units}
         self.layout = {u.name: u.layout for u in units}
+        self.dtypes = {u.name: u.weight.value.dtype for u in units}  # the activations' type
         shapes = infer_shapes(model)
         self.ranks = {u.name: len(shapes.get(u.record) or [0] * 4) for u in units}
         index = GraphIndex(model)
@@ -88,10 +89,10 @@ class OutputSensitivity:
             t, e = applied.get(name, (np.eye(n), np.zeros(n)))
             if self.layout[name] is Layout.SPATIAL:  # a 1x1 Conv: weight [N, N, 1, ...], bias [N]
                 ones = [1] * (self.ranks[name] - 2)
-                feeds[map_name] = t.astype(np.float32).reshape(n, n, *ones)
+                feeds[map_name] = t.astype(self.dtypes[name]).reshape(n, n, *ones)
             else:  # MatMul by T^T on the channels-last axis
-                feeds[map_name] = np.ascontiguousarray(t.T, dtype=np.float32)
-            feeds[offset_name] = e.astype(np.float32)
+                feeds[map_name] = np.ascontiguousarray(t.T, dtype=self.dtypes[name])
+            feeds[offset_name] = e.astype(self.dtypes[name])
         return feeds
 
     def _run(self, applied: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -161,10 +162,11 @@ def _insert_maps(
             graph.node.append(helper.make_node("MatMul", [source, map_name], [product]))
             graph.node.append(helper.make_node("Add", [product, offset_name], [mapped]))
             weight_rank = 2
-        graph.input.append(_float_input(map_name, weight_rank))
-        graph.input.append(_float_input(offset_name, 1))
+        elem = helper.np_dtype_to_tensor_dtype(unit.weight.value.dtype)
+        graph.input.append(_float_input(map_name, weight_rank, elem))
+        graph.input.append(_float_input(offset_name, 1, elem))
     return rewired
 
 
-def _float_input(name: str, rank: int) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None] * rank)
+def _float_input(name: str, rank: int, elem: int) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, [None] * rank)

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from ..errors import UsageError
 from ..graph import io
-from ..graph.shapes import NUMPY_TYPES, declared_dims, real_inputs
+from ..graph.shapes import NUMPY_TYPES, declared_dims, real_inputs, type_name
 
 GUESSED_DIMS = (1, 32, 224)
 """Values tried, in order, for unknown non-batch input dimensions until the original runs."""
@@ -30,18 +30,28 @@ def random_inputs(
     shapes: dict[str, list[int]] | None = None,
     guess: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Seeded inputs: standard normal for floats, zeros for integers and booleans.
+    """Seeded inputs: standard normal for floats, zeros for integers and booleans, ``"0"``
+    for strings (a number too, for a model that casts its text to one).
 
     A dimension comes from ``shapes`` when given; otherwise a fixed one is kept, an unknown
-    first dimension becomes ``batch`` and any other unknown dimension ``guess``.
+    first dimension becomes ``batch`` and any other unknown dimension ``guess``. Raises
+    ``ValueError`` naming the input where none can be made: an element type onnxruntime
+    takes no NumPy array of (:data:`~lbyl_onnx.graph.shapes.NUMPY_TYPES`), or an input that
+    is not a tensor (a sequence, a map, an optional).
     """
     rng = np.random.default_rng(seed)
     feeds = {}
     for entry in real_inputs(model):
+        if entry.type.WhichOneof("value") != "tensor_type":
+            kind = (entry.type.WhichOneof("value") or "value of no type").removesuffix("_type")
+            raise ValueError(f"input '{entry.name}' is a {kind}, not a tensor: {_NO_FEEDS}")
         elem = entry.type.tensor_type.elem_type
         dtype = NUMPY_TYPES.get(elem)
         if dtype is None:
-            raise ValueError(f"input '{entry.name}' has an unsupported element type {elem}")
+            raise ValueError(
+                f"input '{entry.name}' has element type {type_name(elem)}, which onnxruntime "
+                f"cannot take from Python (NumPy): {_NO_FEEDS}"
+            )
         if shapes and entry.name in shapes:
             dims = list(shapes[entry.name])
         else:
@@ -51,10 +61,15 @@ def random_inputs(
                 for axis, d in enumerate(declared)
             ]
         if np.issubdtype(dtype, np.floating):
-            feeds[entry.name] = rng.standard_normal(dims).astype(dtype)
+            feeds[entry.name] = np.asarray(rng.standard_normal(dims), dtype=dtype)
+        elif dtype is np.object_:
+            feeds[entry.name] = np.full(dims, "0", dtype=object)
         else:
             feeds[entry.name] = np.zeros(dims, dtype=dtype)
     return feeds
+
+
+_NO_FEEDS = "no input can be made for it"
 
 
 def session(
