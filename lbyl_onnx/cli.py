@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import traceback
+import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,13 +17,19 @@ import numpy as np
 
 from .api import check_writable, list_units, prune_file, write_report
 from .config import CRITERION_NAMES, INPUT_RANGES, METHOD_NAMES, OptionError, PruneConfig
+from .config.options import ONLY_INPUT
 from .errors import (
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     EXIT_NOT_VALIDATED,
     EXIT_OK,
+    EXIT_USAGE,
     LbylError,
     UsageError,
     ValidationFailed,
+    first_line,
+    human_bytes,
+    size_problem,
 )
 from .report import UnitRecord, format_report, format_units
 from .version import __version__
@@ -42,10 +53,12 @@ Examples:
 Exit codes:
   0  done (OUT written, validation passed or --no-check)
   1  internal error (a bug: please report it with -v output)
-  2  bad usage, unreadable or invalid input, unusable output path
+  2  bad usage, unreadable, invalid or too large input, unusable output path, failed
+     write (disk full...)
   3  validation failed: the pruned model does not run or changed its outputs' form;
      OUT is not written
   4  OUT written, but validation could not run (e.g. the original needs custom ops)
+  130  interrupted (Ctrl-C): nothing written, no temporary file left
 """
 
 
@@ -123,33 +136,128 @@ def _load_input_data(text: str) -> tuple[str, np.ndarray]:
         raise UsageError(f"--input-data file not found: {path}")
     if file.suffix not in (".npy", ".npz"):
         raise UsageError(f"--input-data file must be .npy or .npz: {path}")
-    try:
-        data = np.load(file, allow_pickle=False)
-        if file.suffix == ".npz":
-            if name not in data.files:
-                raise UsageError(f"--input-data {path} has no array named '{name}'")
-            data = data[name]
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--input-data {path} is not a readable NumPy file: {error}") from error
-    return name, np.asarray(data)
+    arrays = _read_arrays(file, "--input-data", only=name)
+    if ONLY_INPUT not in arrays and name not in arrays:
+        raise UsageError(f"--input-data {path} has no array named '{name}'")
+    return name, arrays.get(name, arrays.get(ONLY_INPUT))
 
 
 def _load_calibration(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``--calibration-data``: a ``.npz`` (arrays named like the inputs), or a
+    ``.npy`` (one array, for the model's only input: :data:`ONLY_INPUT`)."""
     if not path.is_file():
         raise UsageError(f"--calibration-data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError) as error:
-        raise UsageError(
-            f"--calibration-data {path} is not a readable .npz file: {error}"
-        ) from error
-    if not arrays or len({len(a) for a in arrays.values()}) != 1:
+    arrays = _read_arrays(path, "--calibration-data")
+    if not arrays:
+        raise UsageError(f"--calibration-data {path} holds no array")
+    if len({len(a) for a in arrays.values()}) != 1:
         raise UsageError(f"--calibration-data {path} needs arrays with the same number of samples")
     return arrays
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+_NUMPY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+"""What NumPy and ``zipfile`` raise on a file that is not what it says."""
+
+
+def _read_arrays(path: Path, flag: str, only: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npy`` (one, under :data:`ONLY_INPUT`) or ``.npz`` file (``only``:
+    that one, where the file has it), told apart by their content. Every header is read and
+    checked before any array is: no Python objects (pickles are never loaded), as many bytes
+    as the header claims, within :func:`~lbyl_onnx.errors.size_problem`'s limit; then each
+    array must hold at least one value, along at least one axis (samples)."""
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(6)
+        if magic == np.lib.format.MAGIC_PREFIX:
+            with open(path, "rb") as stream:
+                _check_header(stream, path.stat().st_size, f"{flag} {path}")
+            arrays = {ONLY_INPUT: np.load(path, allow_pickle=False)}
+        elif magic[:2] == b"PK":
+            arrays = _read_npz(path, flag, only)
+        else:
+            raise UsageError(f"{flag} {path} is not a NumPy file (.npy or .npz)")
+    except _NUMPY_ERRORS as error:
+        raise UsageError(
+            f"{flag} {path} is not a readable NumPy file: {first_line(error)}"
+        ) from error
+    for name, array in arrays.items():
+        what = f"{flag} {path}" + (f" array '{name}'" if name != ONLY_INPUT else "")
+        if array.ndim == 0:
+            raise UsageError(f"{what} is a single value (a 0-d array), not samples")
+        if array.size == 0:
+            raise UsageError(f"{what} is empty (shape {list(array.shape)}): no sample")
+    return arrays
+
+
+def _read_npz(path: Path, flag: str, only: str | None) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` (``only``: that one), each member's header checked first."""
+    with zipfile.ZipFile(path) as archive:
+        members = {}
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if only is not None and name != only:
+                continue
+            if not info.filename.endswith(".npy"):
+                raise UsageError(f"{flag} {path}: member '{info.filename}' is not an array (.npy)")
+            with archive.open(info) as member:
+                _check_header(member, info.file_size, f"{flag} {path} array '{name}'")
+            members[name] = info.filename
+    with np.load(path, allow_pickle=False) as data:
+        return {name: np.asarray(data[name]) for name in members}
+
+
+def _check_header(stream, size: int, what: str) -> None:
+    """Read a ``.npy`` header from ``stream`` (a file or archive member of ``size`` bytes)
+    and refuse, before any data is read, an array of Python objects, one whose data the
+    file does not hold, and one over the size limit."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise UsageError(f"{what} is in .npy format {version[0]}.{version[1]}, not 1.0 or 2.0")
+    if dtype.hasobject:
+        raise UsageError(f"{what} holds Python objects (a pickle), which are never loaded")
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - stream.tell()
+    if claimed > held:
+        raise UsageError(
+            f"{what} claims {list(shape)} {dtype} ({human_bytes(claimed)}), but the file "
+            f"holds {human_bytes(held)} of data: truncated or corrupt"
+        )
+    if problem := size_problem(what, shape, dtype.itemsize):
+        raise UsageError(problem)
+
+
+class _Command(click.Command):
+    """The command, where an interrupt (SIGINT, Ctrl-C) ends it with one line and exit code
+    130 (click's own answer is ``Aborted!`` and 1), while parsing the options as while
+    running: temporary files are removed on the way out (``finally``), so nothing is left."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted()
+
+
+def _interrupted() -> None:
+    """One line on stderr, exit 130."""
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: the exit code says it
+        click.echo("interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+@click.command(
+    cls=_Command, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.argument("output_path", metavar="OUT", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -307,8 +415,9 @@ def _load_calibration(path: Path) -> dict[str, np.ndarray]:
 @click.option(
     "--report",
     "report_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the report as JSON.",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Also write the report as JSON (written after OUT). '-' or /dev/stdout: to standard "
+    "output, the summary then going to standard error; /dev/null: not written.",
 )
 @click.option(
     "--save-as-external-data", is_flag=True, help="Write the weights to OUT.data beside OUT."
@@ -330,11 +439,12 @@ def main(**options) -> None:
     compensation into the layers that read them, checks the result in onnxruntime and
     writes OUT. IN is never modified.
     """
+    report_to_stdout = _report_target(options["report_path"]) == "stdout"
     try:
         code = _run(SimpleNamespace(**options))
     except ValidationFailed as error:
         if error.report is not None and not options["quiet"]:
-            click.echo(format_report(error.report, options["verbose"]))
+            click.echo(format_report(error.report, options["verbose"]), err=report_to_stdout)
         click.echo(f"error: {error} (OUT not written)", err=True)
         code = error.exit_code
     except LbylError as error:
@@ -343,6 +453,15 @@ def main(**options) -> None:
         message = error.spelled(flag) if isinstance(error, OptionError) else str(error)
         click.echo(f"error: {message}", err=True)
         code = error.exit_code
+    except MemoryError as error:  # what no check up front foresaw: the machine's limit
+        if options["verbose"]:
+            traceback.print_exc()
+        click.echo(
+            f"error: out of memory ({first_line(error)}): the model or its inputs are too "
+            "large for this machine",
+            err=True,
+        )
+        code = EXIT_USAGE
     except Exception as error:  # a bug: one line, traceback with -v
         if options["verbose"]:
             traceback.print_exc()
@@ -421,10 +540,12 @@ def _run(o: SimpleNamespace) -> int:
     if o.output_path is None:
         raise UsageError("missing OUT (or pass --list to only inspect IN)")
     _check_typed(o)
-    if o.report_path is not None:
-        check_writable(o.input_path, o.report_path, "--report")
-        if o.report_path.resolve() == o.output_path.resolve():
-            raise UsageError(f"--report {o.report_path} is OUT; choose another path")
+    target = _report_target(o.report_path)
+    if target == "file":
+        _check_report_path(o)
+    if o.save_as_external_data:
+        data = o.output_path.resolve().parent / f"{o.output_path.name}.data"
+        check_writable(o.input_path, data, "OUT's external data file")
     config = _options(o)
     show = sys.stderr.isatty() and not o.quiet
     bars = []
@@ -442,18 +563,89 @@ def _run(o: SimpleNamespace) -> int:
     finally:
         for bar in bars:
             bar.__exit__(None, None, None)
-    if o.report_path is not None:
-        write_report(o.report_path, report)
+    if target == "file":
+        with _after_out():
+            write_report(o.report_path, report)
     if not o.quiet:
-        click.echo(format_report(report, o.verbose))
-        click.echo(f"wrote {o.output_path}")
+        summary = target == "stdout"  # then stdout holds the JSON alone
+        click.echo(format_report(report, o.verbose), err=summary)
+        click.echo(f"wrote {o.output_path}", err=summary)
     else:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
+    if target in ("stdout", "stderr"):
+        _write_stream(report.to_json(), target)
     if report.validation is not None and report.validation.status == "unavailable":
         click.echo(f"warning: validation could not run: {report.validation.message}", err=True)
         return EXIT_NOT_VALIDATED
     return EXIT_OK
+
+
+_STREAMS = {
+    "stdout": ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"),
+    "stderr": ("/dev/stderr", "/dev/fd/2", "/proc/self/fd/2"),
+    "null": ("/dev/null",),
+}
+"""The ``--report`` paths that are written to a stream (or not at all), never replaced."""
+
+
+def _report_target(path: Path | None) -> str | None:
+    """Where ``--report`` goes: ``stdout`` or ``stderr`` (the paths of :data:`_STREAMS`, or
+    the very file the stream is: ``--report r.json > r.json``), ``null`` (``/dev/null``:
+    not written), ``file``; None without ``--report``."""
+    if path is None:
+        return None
+    text = str(path) if str(path) == "-" else os.path.abspath(path)
+    for stream, paths in _STREAMS.items():
+        if text in paths:
+            return stream
+    for stream, fd in (("stdout", 1), ("stderr", 2)):
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(fd)):
+                return stream
+        except (OSError, ValueError):
+            continue
+    return "file"
+
+
+def _check_report_path(o: SimpleNamespace) -> None:
+    """Refuse, before any work, a ``--report`` file that cannot be written, or that is OUT
+    or the external data file OUT may write (``OUT.data``: with --save-as-external-data,
+    and for a model over 2 GB without it)."""
+    check_writable(o.input_path, o.report_path, "--report")
+    out = o.output_path.resolve()
+    data = out.parent / f"{o.output_path.name}.data"
+    for path, what in ((out, "OUT"), (data, f"OUT's external data file ({data.name})")):
+        same = o.report_path.resolve() == path or (
+            path.exists() and o.report_path.exists() and o.report_path.samefile(path)
+        )
+        if same:
+            raise UsageError(f"--report {o.report_path} is {what}; choose another path")
+
+
+@contextlib.contextmanager
+def _after_out() -> Iterator[None]:
+    """The report's write, which comes after OUT's: its errors say that OUT was written (the
+    exit code stays 2)."""
+    try:
+        yield
+    except UsageError as error:
+        raise UsageError(f"{error} (OUT was written)") from error
+
+
+def _write_stream(text: str, stream: str) -> None:
+    """The report's JSON on standard output or error. OUT is written by then: a reader that
+    went away (``| head``) is not an error, and any other failure only a warning."""
+    try:
+        click.echo(text, nl=False, err=stream == "stderr")
+        (sys.stderr if stream == "stderr" else sys.stdout).flush()
+    except BrokenPipeError:  # no second error when Python flushes the stream at exit
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2 if stream == "stderr" else 1)
+    except (OSError, ValueError) as error:
+        click.echo(
+            f"warning: the report was not written to {stream}: {first_line(error)}", err=True
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

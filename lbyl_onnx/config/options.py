@@ -54,6 +54,8 @@ class PruneConfig:
     """The image inputs' normalisation (one of ``CONVENTIONS``) for synthetic inputs; None:
     estimated from the model (:func:`lbyl_onnx.inputs.normalisation.fit_normalisation`)."""
     calibration_data: dict[str, np.ndarray] | None = None
+    """Samples by input name; one array under :data:`ONLY_INPUT` stands for the model's only
+    input (what the command line makes of a ``.npy`` file)."""
     synthetic_calibration: bool | None = None
     """Calibrate on synthetic inputs made for the model, as on ``calibration_data``; False:
     the methods' closed forms (unless ``calibration_data`` is given). None:
@@ -136,6 +138,16 @@ RECONSTRUCTION_NEEDS = (
 """The :class:`OptionError` template of ``criterion="reconstruction"`` where units are not
 solved in order."""
 
+ONLY_INPUT = ""
+"""The ``calibration_data`` key of an array that stands for the model's only input, whatever
+its name (a ``.npy`` file): a model with several inputs refuses it."""
+
+MAX_CHECK_N = 100_000
+"""The most samples ``check_n`` may ask for: validation draws them at once (float64, as
+NumPy draws normal samples: 8 bytes per element of a sample), and runs both models on them.
+Within it, the batch must also fit :func:`lbyl_onnx.errors.size_problem`'s limit, as
+:func:`lbyl_onnx.inputs.user.size_problems` checks against the model."""
+
 INPUT_RANGES = {"0,1": "[0,1]", "-1,1": "[-1,1]", "imagenet": "imagenet", "0,255": "[0,255]"}
 """``--input-range`` values (free of shell glob brackets) and the conventions they name."""
 
@@ -166,6 +178,12 @@ def validate_options(options: PruneConfig) -> PruneConfig:
         raise OptionError("{min_keep} {value:g} is outside [0, 1]", value=options.min_keep)
     if options.check_n < 1:
         raise OptionError("{check_n} must be at least 1")
+    if options.check_n > MAX_CHECK_N:
+        raise OptionError(
+            "{check_n} {value} is over {limit}: validation draws that many samples at once",
+            value=options.check_n,
+            limit=MAX_CHECK_N,
+        )
     if options.calibration_data is not None and options.synthetic_calibration:
         raise OptionError("give {calibration_data} or {synthetic_calibration=True}, not both")
     calibrated_lbyl = _calibrates_unless_refused(options) and options.method == "lbyl"

@@ -10,9 +10,13 @@ without serializing it, and :func:`write_external` writes one without changing i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError, Message
 from onnx.external_data_helper import load_external_data_for_model
 
-from ..errors import UsageError
+from ..errors import UsageError, size_problem
 from .shapes import without_large_weights
 
 log = logging.getLogger("lbyl_onnx")
@@ -97,6 +101,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         ) from error
     if not large:
         _check(model, path)
+    if problem := oversized_constant(model):
+        raise UsageError(f"{path}: {problem}")
     return model
 
 
@@ -155,12 +161,19 @@ def check_output_path(
 ) -> None:
     """Refuse an output that is the input (even through a link) or cannot be written, and
     one that would overwrite the input's external data: OUT itself, or for the model output
-    the ``OUT.data`` that saving with external data writes."""
+    the ``OUT.data`` that saving with external data writes (which must not be the input
+    either).
+
+    Only a regular file is ever replaced: an existing output that is a directory, a FIFO, a
+    device or a socket is refused, as is a path that names a standard stream or a file
+    descriptor (``/dev/stdout``, ``/dev/fd/3``), whatever it is connected to."""
     out = Path(output_path)
     src = Path(input_path)
     same = out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src))
     if same:
         raise UsageError(f"{what} {out} is the input file; choose another path")
+    if is_stream_path(out):
+        raise UsageError(f"{what} {out} is a standard stream or file descriptor, not a file")
     folder = out.resolve().parent
     if not folder.is_dir():
         raise UsageError(f"{what} folder does not exist: {folder}")
@@ -168,7 +181,16 @@ def check_output_path(
         raise UsageError(f"{what} folder is not writable: {folder}")
     if out.is_dir():
         raise UsageError(f"{what} is a directory: {out}")
+    if kind := not_regular(out):
+        raise UsageError(f"{what} {out} is {kind}, not a regular file: it is never replaced")
     data = folder / f"{out.name}.data"
+    if what == "output" and (
+        data == src.resolve() or (data.exists() and src.exists() and data.samefile(src))
+    ):
+        raise UsageError(
+            f"{what} {out} would write its external data to {data.name}, the input file; "
+            "choose another name"
+        )
     candidates = [out.resolve(), *([data.resolve()] if what == "output" else [])]
     existing = [c for c in candidates if c.exists()]
     if existing and src.is_file():  # only then can the input's data be at stake
@@ -184,17 +206,75 @@ def check_output_path(
                 )
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    target = Path(path).resolve()
-    handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+_STREAM_PATH = re.compile(r"/dev/(stdin|stdout|stderr|fd/\d+)|/proc/(self|thread-self|\d+)/fd/\d+")
+"""Paths that name a standard stream or a file descriptor (Linux, macOS)."""
+
+
+def is_stream_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (made absolute, links not followed) names a standard stream or a
+    file descriptor: replacing what it resolves to would replace whatever file the stream
+    is connected to."""
+    return _STREAM_PATH.fullmatch(os.path.abspath(path)) is not None
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """What ``path`` is (links followed) where it exists and is not a regular file ("a
+    FIFO (named pipe)", "a character device"...); None for a regular file or no file."""
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(staged, target)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` of the block (disk full, file size limit, read-only or missing
+    folder, a directory in the way) into a :class:`UsageError` naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or _first_line(error)
+        raise UsageError(f"cannot write {path}: {reason}") from error
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``; a
+    failed write (:func:`writing`: exit 2, naming ``path``) leaves neither."""
+    target = Path(path).resolve()
+    with writing(path):
+        handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "w") as stream:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(stream.fileno(), _new_file_mode(target))
+                stream.write(text)
+            os.replace(staged, target)
+        except BaseException:
+            Path(staged).unlink(missing_ok=True)
+            raise
+
+
+def _new_file_mode(target: Path) -> int:
+    """The permissions of the file replacing ``target``: its own, else those ``open`` gives
+    a new file (``0o666`` less the umask; ``mkstemp`` would give ``0o600``)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_model(
@@ -205,25 +285,37 @@ def save_model(
     With ``external_data``, or when the model is over the protobuf limit
     (:func:`is_large`; a one-line message is logged then), the weights go to ``OUT.data``
     beside OUT; both files appear only once both are complete. ``model`` is not changed.
+    A write that fails (disk full, file size limit, read-only folder, a directory where
+    ``OUT.data`` goes) is a :class:`UsageError` naming the path; the temporary folder is
+    removed, and an existing OUT is left as it was.
     """
     out = Path(output_path).resolve()
     automatic = not external_data and is_large(model)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    data = out.parent / f"{out.name}.data"
+    shown = Path(output_path)  # as the caller named it, in messages
+    with writing(shown):
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         staged = staging / out.name
         if external_data or automatic:
-            data_name = f"{out.name}.data"
-            if write_external(model, staged, data_name):
-                os.replace(staging / data_name, out.parent / data_name)
+            with writing(f"{shown} and its external data {data.name}"):
+                has_data = write_external(model, staged, data.name)
+            if has_data:
+                if kind := not_regular(data):
+                    raise UsageError(f"cannot write {shown.parent / data.name}: it is {kind}")
+                with writing(shown.parent / data.name):
+                    os.replace(staging / data.name, data)
             if automatic:
                 log.warning(
                     "%s is over 2 GB: its weights are saved as external data in %s beside it",
                     out.name,
-                    data_name,
+                    data.name,
                 )
         else:
-            staged.write_bytes(model.SerializeToString())
-        os.replace(staged, out)
+            with writing(shown):
+                staged.write_bytes(model.SerializeToString())
+        with writing(shown):
+            os.replace(staged, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -408,6 +500,76 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def oversized_constant(model: onnx.ModelProto) -> str | None:
+    """Why a ``ConstantOfShape`` node of the main graph is refused where its shape is a
+    constant (the tool evaluates such weights, as onnxruntime does): the tensor it makes
+    would be over :func:`lbyl_onnx.errors.size_problem`'s limit. None if none is."""
+    values = _small_values(model)
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+            continue
+        dims = values.get(node.input[0]) if node.input else None
+        if dims is None or any(d < 0 for d in dims):
+            continue
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        itemsize = _RAW_BYTES.get(fill.data_type, 8) if fill is not None else 4
+        what = f"the tensor of ConstantOfShape node '{node.name or node.output[0]}'"
+        if problem := size_problem(what, dims, itemsize):
+            return problem
+    return None
+
+
+_SMALL = 64
+"""Elements of the constants :func:`_small_values` reads (a shape has one per axis)."""
+
+
+def _small_values(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The values (as integers) of the main graph's small constant tensors: initializers,
+    ``Constant`` nodes, and ``Identity`` and ``ConstantOfShape`` nodes of such tensors, in
+    graph order (nothing large is evaluated)."""
+    values = {
+        t.name: _integers(t)
+        for t in model.graph.initializer
+        if math.prod(t.dims) <= _SMALL and t.data_location != onnx.TensorProto.EXTERNAL
+    }
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        known = values.get(node.input[0]) if node.input else None
+        value = None
+        if node.op_type == "Identity":
+            value = known
+        elif node.op_type == "Constant" and "value" in attrs:
+            value = (
+                _integers(attrs["value"].t) if math.prod(attrs["value"].t.dims) <= _SMALL else None
+            )
+        elif node.op_type == "Constant" and "value_ints" in attrs:
+            value = [int(v) for v in attrs["value_ints"].ints][:_SMALL]
+        elif node.op_type == "ConstantOfShape" and known is not None and _small_shape(known):
+            fill = _integers(attrs["value"].t) if "value" in attrs else [0]
+            value = fill[:1] * math.prod(known) if fill else None
+        if value is not None:
+            values[node.output[0]] = value
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _small_shape(dims: list[int]) -> bool:
+    return all(d >= 0 for d in dims) and math.prod(dims) <= _SMALL
+
+
+def _integers(tensor: onnx.TensorProto) -> list[int] | None:
+    """A small tensor's values as integers (floats truncated, as a shape would be), or None
+    where they are not all finite numbers."""
+    try:
+        array = onnx.numpy_helper.to_array(tensor).reshape(-1)
+        if not np.isfinite(array).all():
+            return None
+        return [int(v) for v in array]
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:

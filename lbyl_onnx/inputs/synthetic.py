@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..errors import size_problem
 from .images import synthetic_images
 from .normalisation import fit_normalisation
 from .specs import input_specs, to_layout
@@ -66,13 +67,21 @@ def synthetic_inputs(
     Image inputs (:func:`input_specs`) get :func:`synthetic_images` mapped by
     :func:`fit_normalisation` (or by ``normalisation[name] = (scale, shift)`` when given), in
     the input's layout; other inputs standard normal values. Symbolic sizes follow
-    :func:`input_specs` (``input_shapes`` overrides them).
+    :func:`input_specs` (``input_shapes`` overrides them). Raises ``ValueError`` for inputs
+    too large to make (:func:`lbyl_onnx.errors.size_problem`, at 8 bytes per element: they
+    are made in float64).
     """
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     rng = np.random.default_rng(seed)
     out = {}
-    for k, spec in enumerate(input_specs(model, input_shapes)):
+    specs = input_specs(model, input_shapes)
+    for spec in specs:
+        if problem := size_problem(
+            f"{n} synthetic samples of '{spec.name}'", (n, *spec.shape[1:]), 8
+        ):
+            raise ValueError(problem)
+    for k, spec in enumerate(specs):
         if spec.layout == "dense":
             out[spec.name] = rng.standard_normal((n, *spec.shape[1:])).astype(np.float32)
             continue

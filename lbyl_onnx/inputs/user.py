@@ -1,12 +1,16 @@
 """Checks of user-given inputs (``--input-data``, ``--calibration-data``, ``--input-shape``)
-against the model's declared inputs."""
+against the model's declared inputs, and of the sizes of the inputs the tool draws."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
+from ..errors import UsageError, size_problem
 from ..graph.shapes import NUMPY_TYPES, declared_dims, real_inputs
+
+DRAWN_ITEMSIZE = 8
+"""Bytes per element of an input the tool draws: NumPy draws normal samples in float64."""
 
 
 def input_problems(
@@ -89,3 +93,50 @@ def _same_type(given: np.dtype, expected: type) -> bool:
     if expected is np.object_:
         return np.dtype(given).kind in "UO"
     return np.dtype(given) == np.dtype(expected)
+
+
+def size_problems(
+    model: onnx.ModelProto,
+    input_shapes: dict[str, list[int]] | None,
+    batch: int = 1,
+    batch_flag: str = "",
+) -> list[str]:
+    """The inputs too large to draw (:func:`lbyl_onnx.errors.size_problem`, at
+    :data:`DRAWN_ITEMSIZE` bytes per element), each at its ``--input-shape``, else at its
+    declared shape with a free batch of ``batch`` (validation's, from ``batch_flag``) and
+    every other free dimension 1 (the first size validation tries). A run that draws inputs
+    draws one sample of each at least: at ``batch`` 1, only inputs too large for that."""
+    problems = []
+    for entry in real_inputs(model):
+        given = (input_shapes or {}).get(entry.name)
+        if given is not None:
+            dims, what = list(given), f"--input-shape '{entry.name}'"
+        else:
+            declared = declared_dims(entry.type) or []
+            dims = [
+                d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 1)
+                for axis, d in enumerate(declared)
+            ]
+            free = declared and not (isinstance(declared[0], int) and declared[0] > 0)
+            source = f", the batch from {batch_flag}" if free and batch_flag else ""
+            what = f"input '{entry.name}' (as declared{source})"
+        if problem := size_problem(what, dims, DRAWN_ITEMSIZE):
+            problems.append(problem)
+    return problems
+
+
+def only_input(
+    data: dict[str, np.ndarray], model: onnx.ModelProto, only: str, flag: str
+) -> dict[str, np.ndarray]:
+    """``data`` with the array under ``only`` (one array for the model's only input, from a
+    ``.npy``) named as that input; :class:`UsageError` for a model with several inputs."""
+    if only not in data:
+        return data
+    names = [entry.name for entry in real_inputs(model)]
+    if len(names) != 1:
+        raise UsageError(
+            f"{flag} is one array (a .npy file), which stands for a model's only input; this "
+            f"model has {len(names)} ({', '.join(names)}): give a .npz with an array named "
+            "like each"
+        )
+    return {names[0]: data[only]}

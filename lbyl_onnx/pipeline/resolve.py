@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 
 from ..config import ModelFacts, PruneConfig, tries_synthetic
+from ..config.options import ONLY_INPUT
 from ..errors import UsageError, first_line
 from ..graph.io import is_large
 from ..graph.shapes import real_inputs
 from ..graph.units import Declined, Unit
 from ..inputs.specs import input_specs
-from ..inputs.user import input_problems
+from ..inputs.user import input_problems, only_input, size_problems
 from ..runtime.sessions import batch_slices
 from .measure import loaded_session, make_synthetic, synthetic_calibration_count
 
@@ -24,13 +25,18 @@ def checked_inputs(model: onnx.ModelProto, options: PruneConfig) -> dict[str, np
     """Raise :class:`UsageError` for user inputs that do not fit the model; return the
     calibration arrays of the model's inputs (others in the file are ignored)."""
     problems = input_problems(model, options.input_data, options.input_shapes)
+    if options.check:
+        problems += size_problems(model, options.input_shapes, options.check_n, "--check-n")
+    else:
+        problems += size_problems(model, options.input_shapes)
     calibration = None
     if options.calibration_data:
         names = [i.name for i in real_inputs(model)]
-        missing = [n for n in names if n not in options.calibration_data]
+        data = only_input(options.calibration_data, model, ONLY_INPUT, "--calibration-data")
+        missing = [n for n in names if n not in data]
         if missing:
             raise UsageError(f"--calibration-data has no array named '{missing[0]}' (an input)")
-        calibration = {n: options.calibration_data[n] for n in names}
+        calibration = {n: data[n] for n in names}
         problems += input_problems(model, calibration, None, "--calibration-data", True)
     if problems:
         raise UsageError(problems[0])
