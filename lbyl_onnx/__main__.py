@@ -27,21 +27,13 @@ def main() -> None:
 
 
 def interrupted() -> None:
-    """Say ``interrupted`` on stderr (on a line of its own) and exit 130."""
+    """Say ``interrupted`` on stderr, as :mod:`lbyl_onnx.cli` does, and exit 130."""
     try:
-        sys.stderr.write("\ninterrupted\n" if _mid_line() else "interrupted\n")
+        sys.stderr.write("interrupted\n")
         sys.stderr.flush()
     except (OSError, ValueError):  # stderr closed: the exit code still says it
         pass
     raise SystemExit(EXIT_INTERRUPTED)
-
-
-def _mid_line() -> bool:
-    """Whether stderr is a terminal (where ``^C`` was echoed, or a progress bar drawn)."""
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -736,6 +736,9 @@ def test_entry_point_imports_nothing_heavy_before_its_handler() -> None:
 def test_entry_point_of_the_package_is_the_interrupt_safe_one() -> None:
     import tomllib
 
+    import lbyl_onnx.__main__
+
+    assert lbyl_onnx.__main__.EXIT_INTERRUPTED == lbyl_onnx.errors.EXIT_INTERRUPTED == 130
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["lbyl-onnx"] == "lbyl_onnx.__main__:main"
     done = subprocess.run(
