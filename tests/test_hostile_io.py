@@ -242,6 +242,11 @@ def test_input_shape_too_large_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("batch", ["N", 1])
 def test_declared_input_too_large_is_refused(tmp_path: Path, batch) -> None:
     model = with_input_dims(conv_net((3, 8)), [batch, 3, 100000, 100000])
+    for output in model.graph.output:  # sizes declared for the small input would contradict
+        for axis, dim in enumerate(output.type.tensor_type.shape.dim):  # it (the checker's
+            if axis != 1:  # refusal, up front, is another test's)
+                dim.dim_param = f"d{axis}"
+    del model.graph.value_info[:]
     path = save(model, tmp_path / "in.onnx")
     refused(run(path, tmp_path / "out.onnx"), "input 'x' (as declared", "100000, 100000]")
     # without validation, one sample must still fit (every run that draws inputs draws one)
