@@ -150,8 +150,8 @@ def test_device_node_is_never_replaced(tiny: Path, role: str) -> None:
     device = folder / ("out.onnx.data" if role == "OUT.data" else "device")
     try:
         os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:
-        pytest.skip("making a device node needs root")
+    except PermissionError:  # not root: the path leads to the system's /dev/null instead
+        device.symlink_to("/dev/null")
     args = {
         "OUT": [device],
         "--report": [folder / "out.onnx", "--report", device],
